@@ -8,13 +8,17 @@ replace github.com/berthdev/berth/pkg => ../pkg
 
 replace github.com/berthdev/berth/test => ../test
 
-require google.golang.org/protobuf v1.36.12
+require (
+	go.uber.org/goleak v1.3.0
+	google.golang.org/grpc v1.85.0
+	google.golang.org/protobuf v1.36.12
+)
 
 require (
-	go.uber.org/goleak v1.3.0 // indirect
 	golang.org/x/net v0.60.0 // indirect
 	golang.org/x/sys v0.48.0 // indirect
 	golang.org/x/text v0.42.0 // indirect
 	google.golang.org/genproto/googleapis/rpc v0.0.0-20260817212433-ac3dfec99bb1 // indirect
-	google.golang.org/grpc v1.85.0 // indirect
 )
+
+replace github.com/berthdev/berth/services/coord => ../services/coord

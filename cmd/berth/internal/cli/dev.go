@@ -1,0 +1,45 @@
+package cli
+
+import (
+	"os"
+	"path/filepath"
+
+	"github.com/spf13/cobra"
+
+	"github.com/berthdev/berth/cmd/berth/internal/dev"
+)
+
+func newDevCmd() *cobra.Command {
+	cfg := dev.Config{NATSPort: dev.DefaultNATSPort, Host: dev.DefaultHost}
+	cmd := &cobra.Command{
+		Use:   "dev",
+		Short: "Run every Berth service in this process, for trying Berth out",
+		Long: `berth dev runs an embedded NATS server with JetStream and every Berth service in one
+process, with its data in one directory (kept across restarts unless --ephemeral). It prints
+every endpoint when it is up; Ctrl-C stops everything cleanly.`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			if cfg.Ephemeral && !cmd.Flags().Changed("data") {
+				d, err := os.MkdirTemp("", "berth-dev-")
+				if err != nil {
+					return err
+				}
+				cfg.DataDir = d
+			}
+			abs, err := filepath.Abs(cfg.DataDir)
+			if err != nil {
+				return err
+			}
+			cfg.DataDir = abs
+			cfg.Out = cmd.OutOrStdout()
+			cfg.Log = cmd.ErrOrStderr()
+			return dev.Run(cmd.Context(), cfg)
+		},
+	}
+	f := cmd.Flags()
+	f.StringVar(&cfg.DataDir, "data", dev.DefaultDataDir(), "directory for all of berth dev's state")
+	f.BoolVar(&cfg.Ephemeral, "ephemeral", false, "use a throwaway data directory, removed on exit")
+	f.IntVar(&cfg.NATSPort, "nats-port", dev.DefaultNATSPort, "NATS client port (0 picks a free one)")
+	f.StringVar(&cfg.LogLevel, "log-level", "info", "services' log level: debug, info, warn or error")
+	return cmd
+}

@@ -1,0 +1,158 @@
+// Package dev is `berth dev`: every Berth service in one process, with an embedded NATS
+// server and a single-node coord, its data in one directory. The services it runs are the
+// ordered list in services.go; each service adds itself there.
+package dev
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"syscall"
+	"time"
+
+	"github.com/berthdev/berth/pkg/logging"
+	"github.com/berthdev/berth/pkg/run"
+)
+
+// Config is what `berth dev` was asked for.
+type Config struct {
+	// DataDir holds every service's state; kept across restarts.
+	DataDir string
+	// Ephemeral removes DataDir when berth dev stops.
+	Ephemeral bool
+	// Host is the address every listener binds.
+	Host string
+	// NATSPort is the NATS client port.
+	NATSPort int
+	// LogLevel is the level of the services' logs.
+	LogLevel string
+	// Out receives the endpoints and progress lines meant for the person running berth dev.
+	Out io.Writer
+	// Log receives the services' logs.
+	Log io.Writer
+}
+
+// Defaults are the ports `berth dev` uses when not told otherwise; the CLI's defaults point
+// at them, so that `berth ...` in another terminal reaches `berth dev` with no flags.
+const (
+	DefaultHost     = "127.0.0.1"
+	DefaultNATSPort = 4222
+)
+
+// DefaultDataDir is where berth dev keeps its data when --data is not given.
+func DefaultDataDir() string {
+	d, err := os.UserCacheDir()
+	if err != nil {
+		d = os.TempDir()
+	}
+	return filepath.Join(d, "berth", "dev")
+}
+
+// Validate checks the configuration.
+func (c *Config) Validate() error {
+	if c.DataDir == "" {
+		return errors.New("--data: empty data directory")
+	}
+	if c.NATSPort < 0 || c.NATSPort > 65535 {
+		return fmt.Errorf("--nats-port %d: want 0..65535", c.NATSPort)
+	}
+	return nil
+}
+
+// env is what the services of berth dev share while starting.
+type env struct {
+	cfg     Config
+	log     *slog.Logger
+	natsURL string
+	// endpoints are printed once everything started, in order.
+	endpoints []endpoint
+}
+
+type endpoint struct{ name, url string }
+
+func (e *env) announce(name, url string) { e.endpoints = append(e.endpoints, endpoint{name, url}) }
+
+// Run starts everything and blocks until ctx is cancelled, then stops everything in reverse
+// order of start.
+func Run(ctx context.Context, cfg Config) error {
+	if err := cfg.Validate(); err != nil {
+		return err
+	}
+	if cfg.Out == nil {
+		cfg.Out = os.Stdout
+	}
+	if cfg.Log == nil {
+		cfg.Log = os.Stderr
+	}
+	if cfg.Host == "" {
+		cfg.Host = DefaultHost
+	}
+	if err := os.MkdirAll(cfg.DataDir, 0o755); err != nil {
+		return fmt.Errorf("data directory: %w", err)
+	}
+	if cfg.Ephemeral {
+		defer os.RemoveAll(cfg.DataDir)
+	}
+	unlock, err := lockDir(cfg.DataDir)
+	if err != nil {
+		return err
+	}
+	defer unlock()
+
+	log, err := logging.New(logging.Config{Format: "text", Level: cfg.LogLevel}, cfg.Log)
+	if err != nil {
+		return err
+	}
+	e := &env{cfg: cfg, log: log}
+	g := &run.Group{StopTimeout: 8 * time.Second}
+	g.OnStop = func(name string, took time.Duration, err error) {
+		if err != nil && !errors.Is(err, context.Canceled) {
+			log.Warn("stopped with error", "part", name, "took", took, "err", err)
+		} else {
+			log.Debug("stopped", "part", name, "took", took)
+		}
+	}
+	started := time.Now()
+	for _, s := range services {
+		if err := ctx.Err(); err != nil {
+			return nil
+		}
+		parts, err := s.start(ctx, e)
+		if err != nil {
+			// Stop what already started before reporting.
+			cctx, cancel := context.WithCancel(ctx)
+			cancel()
+			_ = g.Run(cctx)
+			return fmt.Errorf("start %s: %w", s.name, err)
+		}
+		for _, p := range parts {
+			g.Add(p.name, p.run)
+		}
+	}
+	fmt.Fprintf(cfg.Out, "berth dev is up in %s; data in %s\n", time.Since(started).Round(time.Millisecond), cfg.DataDir)
+	for _, ep := range e.endpoints {
+		fmt.Fprintf(cfg.Out, "  %-14s %s\n", ep.name, ep.url)
+	}
+	fmt.Fprintln(cfg.Out, "Press Ctrl-C to stop.")
+	err = g.Run(ctx)
+	fmt.Fprintln(cfg.Out, "berth dev stopped")
+	return err
+}
+
+// lockDir takes an exclusive lock on dir so that two berth dev processes never share one
+// data directory.
+func lockDir(dir string) (func(), error) {
+	f, err := os.OpenFile(filepath.Join(dir, "berth-dev.lock"), os.O_CREATE|os.O_RDWR, 0o644)
+	if err != nil {
+		return nil, fmt.Errorf("lock data directory: %w", err)
+	}
+	if err := syscall.Flock(int(f.Fd()), syscall.LOCK_EX|syscall.LOCK_NB); err != nil {
+		f.Close()
+		return nil, fmt.Errorf("data directory %s is in use by another berth dev (stop it, or pass --data DIR)", dir)
+	}
+	return func() { f.Close() }, nil
+}

@@ -1,0 +1,65 @@
+package dev
+
+import (
+	"context"
+	"fmt"
+	"path/filepath"
+	"time"
+
+	"github.com/nats-io/nats-server/v2/server"
+
+	"github.com/berthdev/berth/pkg/natsbus"
+)
+
+// startNATS runs an embedded NATS server with JetStream stored under the data directory and
+// creates Berth's streams.
+func startNATS(ctx context.Context, e *env) ([]part, error) {
+	opts := &server.Options{
+		ServerName: "berth-dev",
+		Host:       e.cfg.Host,
+		Port:       e.cfg.NATSPort,
+		JetStream:  true,
+		StoreDir:   filepath.Join(e.cfg.DataDir, "nats"),
+		NoSigs:     true,
+		NoLog:      true,
+		MaxPayload: 8 << 20,
+	}
+	if opts.Port == 0 {
+		opts.Port = server.RANDOM_PORT
+	}
+	ns, err := server.NewServer(opts)
+	if err != nil {
+		return nil, fmt.Errorf("nats server: %w", err)
+	}
+	go ns.Start()
+	if !ns.ReadyForConnections(15 * time.Second) {
+		ns.Shutdown()
+		return nil, fmt.Errorf("nats server on %s:%d did not become ready (is the port in use? pass --nats-port)", opts.Host, opts.Port)
+	}
+	e.natsURL = ns.ClientURL()
+	if err := ensureStreams(ctx, e.natsURL); err != nil {
+		ns.Shutdown()
+		ns.WaitForShutdown()
+		return nil, err
+	}
+	e.announce("NATS", e.natsURL)
+	return []part{{name: "nats", run: func(ctx context.Context) error {
+		<-ctx.Done()
+		ns.Shutdown()
+		ns.WaitForShutdown()
+		return nil
+	}}}, nil
+}
+
+// ensureStreams creates or updates BERTH_EVENTS and BERTH_WORK on the embedded server.
+func ensureStreams(ctx context.Context, url string) error {
+	bus, err := natsbus.Connect(ctx, natsbus.Config{URLs: []string{url}, Name: "berth-dev", MaxReconnects: 1})
+	if err != nil {
+		return err
+	}
+	defer bus.Close(context.WithoutCancel(ctx))
+	if err := bus.EnsureStreams(ctx, natsbus.StreamConfig{}); err != nil {
+		return fmt.Errorf("create streams: %w", err)
+	}
+	return nil
+}
