@@ -22,3 +22,5 @@ require (
 )
 
 replace github.com/berthdev/berth/services/coord => ../services/coord
+
+replace github.com/berthdev/berth/services/agent => ../services/agent

@@ -24,7 +24,6 @@ type testCfg struct {
 	Timeout time.Duration `yaml:"timeout" env:"TIMEOUT" flag:"timeout"`
 	NATS    natsCfg       `yaml:"nats" env:"NATS_" flag:"nats-"`
 	Peers   []string      `yaml:"peers" env:"PEERS" flag:"peer"`
-	secret  string
 }
 
 func (c *testCfg) Validate() error {

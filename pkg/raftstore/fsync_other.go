@@ -1,0 +1,8 @@
+//go:build !linux
+
+package raftstore
+
+import "os"
+
+// fdatasync flushes the file to stable storage (fsync where fdatasync is not available).
+func fdatasync(f *os.File) error { return f.Sync() }

@@ -1,0 +1,506 @@
+// Package coord is berth-coord: Berth's Raft-replicated, ZooKeeper-like coordination store.
+// It serves the berth.coord.v1 gRPC API (proto/berth/coord/v1) on the client address, the
+// Raft peer service (pkg/raftstore) on the peer address, and /metrics, /healthz and /readyz
+// on the metrics address. The replicated state is internal/tree; watches are served from
+// internal/watch; the leader's session clock is internal/session.
+package coord
+
+import (
+	"bytes"
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/berthdev/berth/pkg/raftstore"
+	coordv1 "github.com/berthdev/berth/proto/coord/v1"
+	"github.com/berthdev/berth/services/coord/internal/session"
+	"github.com/berthdev/berth/services/coord/internal/tree"
+	"github.com/berthdev/berth/services/coord/internal/watch"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials"
+)
+
+// maxMessageBytes is the largest gRPC message the client API accepts or sends: above the
+// 4 MiB value limit, so that an oversized value is refused by the store with a message
+// that names the limit rather than by the transport.
+const maxMessageBytes = 64 << 20
+
+// Server is one berth-coord member. Build it with New, run it with Run.
+type Server struct {
+	coordv1.UnimplementedCoordServiceServer
+
+	cfg       Config
+	log       *slog.Logger
+	reg       *prometheus.Registry
+	id        uint64
+	clusterID uint64
+	machine   *tree.Machine
+	hub       *watch.Hub
+	lessor    *session.Lessor
+	node      *raftstore.Node
+	metrics   *metrics
+
+	leader atomic.Uint64
+	term   atomic.Uint64
+
+	// clientAddr is the bound client address, set by Run.
+	clientAddr atomic.Pointer[string]
+	metricsURL atomic.Pointer[string]
+}
+
+// sessionBridge adapts the lessor to the machine's SessionObserver.
+type sessionBridge struct{ l *session.Lessor }
+
+func (b sessionBridge) SessionOpened(id, ttlMs int64) { b.l.SessionOpened(id, ttlMs) }
+func (b sessionBridge) SessionRemoved(id int64)       { b.l.SessionRemoved(id) }
+func (b sessionBridge) SessionsReset(ss []tree.SessionInfo) {
+	b.l.SessionsReset(sessionStates(ss))
+}
+
+func sessionStates(ss []tree.SessionInfo) []session.State {
+	out := make([]session.State, 0, len(ss))
+	for _, s := range ss {
+		out = append(out, session.State{
+			ID: s.ID, TTL: time.Duration(s.TTLMs) * time.Millisecond,
+			Remaining: time.Duration(s.RemainingMs) * time.Millisecond, Renewed: s.Renewed,
+		})
+	}
+	return out
+}
+
+// New validates cfg, opens the data dir and recovers the state. It starts nothing; a
+// Server whose Run is never called must be closed with Close.
+func New(cfg Config, logger *slog.Logger) (*Server, error) {
+	cfg.setDefaults()
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	if logger == nil {
+		logger = slog.Default()
+	}
+	members, _ := ParseInitialCluster(cfg.InitialCluster)
+	s := &Server{cfg: cfg, log: logger.With("member", cfg.Name), reg: prometheus.NewRegistry(), id: MemberID(cfg.Name)}
+	s.clusterID = cfg.ClusterID
+	if s.clusterID == 0 {
+		base := members
+		if cfg.InitialClusterState == ClusterStateExisting {
+			// A joining member's initial cluster is the cluster it joins plus itself.
+			base = nil
+			for _, m := range members {
+				if m.Name != cfg.Name {
+					base = append(base, m)
+				}
+			}
+		}
+		s.clusterID = ClusterIDOf(base)
+	}
+	s.hub = watch.NewHub(0, watch.Options{HistoryEvents: cfg.HistoryWindow, WatcherBuffer: cfg.WatcherBuffer})
+	s.lessor = session.New(session.Options{ElectionTimeout: cfg.ElectionTimeout})
+	s.machine = tree.New(tree.Options{Publisher: s.hub, Sessions: sessionBridge{s.lessor}})
+	if err := loadSeed(cfg.DataDir, s.machine); err != nil {
+		return nil, err
+	}
+	var peerTLS *tls.Config
+	if cfg.PeerTLS.enabled() {
+		t, err := cfg.PeerTLS.serverTLS("peer")
+		if err != nil {
+			return nil, err
+		}
+		peerTLS = t
+	}
+	peers := make([]raftstore.Peer, 0, len(members))
+	for _, m := range members {
+		peers = append(peers, raftstore.Peer{ID: MemberID(m.Name), Addr: m.PeerAddr})
+	}
+	m, err := newMetrics(s.reg, s)
+	if err != nil {
+		return nil, err
+	}
+	s.metrics = m
+	node, err := raftstore.NewNode(raftstore.Config{
+		ID:               s.id,
+		Name:             cfg.Name,
+		DataDir:          cfg.DataDir,
+		Peers:            peers,
+		Join:             cfg.InitialClusterState == ClusterStateExisting,
+		ClusterID:        s.clusterID,
+		TickInterval:     cfg.HeartbeatInterval,
+		ElectionTicks:    int(cfg.ElectionTimeout / cfg.HeartbeatInterval),
+		HeartbeatTicks:   1,
+		SnapshotEntries:  cfg.SnapshotEntries,
+		Logger:           s.log,
+		Registerer:       s.reg,
+		MetricsSubsystem: "coord_raft",
+		PeerTLS:          peerTLS,
+	}, s.machine)
+	if err != nil {
+		return nil, fmt.Errorf("open raft node %s: %w", cfg.Name, err)
+	}
+	s.node = node
+	return s, nil
+}
+
+// Close releases the data dir of a Server whose Run was never called.
+func (s *Server) Close() error { return s.node.Close() }
+
+// ID returns this member's id.
+func (s *Server) ID() uint64 { return s.id }
+
+// ClusterID returns the cluster id.
+func (s *Server) ClusterID() uint64 { return s.clusterID }
+
+// ClientAddr returns the address the client API listens on, once Run has bound it.
+func (s *Server) ClientAddr() string {
+	if p := s.clientAddr.Load(); p != nil {
+		return *p
+	}
+	return ""
+}
+
+// Registry returns the server's metrics registry.
+func (s *Server) Registry() *prometheus.Registry { return s.reg }
+
+// group runs goroutines and collects the first error; every goroutine is waited for.
+type group struct {
+	wg     sync.WaitGroup
+	once   sync.Once
+	err    error
+	cancel context.CancelFunc
+}
+
+func (g *group) go_(name string, fn func() error) {
+	g.wg.Add(1)
+	go func() {
+		defer g.wg.Done()
+		if err := fn(); err != nil {
+			g.once.Do(func() {
+				g.err = fmt.Errorf("%s: %w", name, err)
+				g.cancel()
+			})
+		}
+	}()
+}
+
+// Run serves until ctx ends (nil then) or a part fails. It returns after every goroutine
+// it started has stopped and the data dir is closed.
+func (s *Server) Run(ctx context.Context) error {
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	var lc net.ListenConfig
+	listen := func(l net.Listener, addr, what string) (net.Listener, error) {
+		if l != nil {
+			return l, nil
+		}
+		l, err := lc.Listen(ctx, "tcp", addr)
+		if err != nil {
+			return nil, fmt.Errorf("listen %s %s: %w", what, addr, err)
+		}
+		return l, nil
+	}
+	var closers []net.Listener
+	closeAll := func() {
+		for _, l := range closers {
+			l.Close()
+		}
+	}
+	clientL, err := listen(s.cfg.ClientListener, s.cfg.ListenClient, "client")
+	if err != nil {
+		s.node.Close()
+		return err
+	}
+	closers = append(closers, clientL)
+	peerL, err := listen(s.cfg.PeerListener, s.cfg.ListenPeer, "peer")
+	if err != nil {
+		closeAll()
+		s.node.Close()
+		return err
+	}
+	closers = append(closers, peerL)
+	var metricsL net.Listener
+	if s.cfg.ListenMetrics != "" || s.cfg.MetricsListener != nil {
+		if metricsL, err = listen(s.cfg.MetricsListener, s.cfg.ListenMetrics, "metrics"); err != nil {
+			closeAll()
+			s.node.Close()
+			return err
+		}
+	}
+	addr := clientL.Addr().String()
+	s.clientAddr.Store(&addr)
+
+	opts := []grpc.ServerOption{
+		grpc.MaxRecvMsgSize(maxMessageBytes),
+		grpc.MaxSendMsgSize(maxMessageBytes),
+		grpc.ChainUnaryInterceptor(s.unaryInterceptor),
+		grpc.ChainStreamInterceptor(s.streamInterceptor),
+	}
+	if s.cfg.ClientTLS.enabled() {
+		t, err := s.cfg.ClientTLS.serverTLS("client")
+		if err != nil {
+			closeAll()
+			s.node.Close()
+			return err
+		}
+		opts = append(opts, grpc.Creds(credentials.NewTLS(t)))
+	}
+	clientSrv := grpc.NewServer(opts...)
+	coordv1.RegisterCoordServiceServer(clientSrv, s)
+
+	g := &group{cancel: cancel}
+	g.go_("raft node", func() error { return s.node.Run(ctx) })
+	g.go_("peer service", func() error { return s.node.ServePeers(ctx, peerL) })
+	g.go_("client api", func() error {
+		errc := make(chan error, 1)
+		go func() { errc <- clientSrv.Serve(clientL) }()
+		select {
+		case err := <-errc:
+			return err
+		case <-ctx.Done():
+		}
+		// Drain: stop accepting, let unary calls finish; streams end with the context.
+		stopped := make(chan struct{})
+		go func() { clientSrv.GracefulStop(); close(stopped) }()
+		select {
+		case <-stopped:
+		case <-time.After(2 * time.Second):
+			clientSrv.Stop()
+			<-stopped
+		}
+		<-errc
+		return nil
+	})
+	if metricsL != nil {
+		u := "http://" + metricsL.Addr().String()
+		s.metricsURL.Store(&u)
+		g.go_("metrics", func() error { return s.serveMetrics(ctx, metricsL) })
+	}
+	g.go_("session leader loop", func() error { return s.leaderLoop(ctx) })
+	s.log.Info("berth-coord started", "id", FormatID(s.id), "cluster", FormatID(s.clusterID),
+		"client", addr, "peer", peerL.Addr().String())
+	<-ctx.Done()
+	g.wg.Wait()
+	if g.err != nil && !errors.Is(g.err, context.Canceled) {
+		return g.err
+	}
+	return nil
+}
+
+func (s *Server) serveMetrics(ctx context.Context, l net.Listener) error {
+	mux := http.NewServeMux()
+	mux.Handle("/metrics", promhttp.HandlerFor(s.reg, promhttp.HandlerOpts{Registry: s.reg}))
+	mux.HandleFunc("/healthz", func(w http.ResponseWriter, _ *http.Request) {
+		w.Write([]byte("ok\n"))
+	})
+	mux.HandleFunc("/readyz", func(w http.ResponseWriter, _ *http.Request) {
+		if s.leader.Load() == 0 {
+			http.Error(w, "no leader", http.StatusServiceUnavailable)
+			return
+		}
+		w.Write([]byte("ok\n"))
+	})
+	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
+	errc := make(chan error, 1)
+	go func() { errc <- srv.Serve(l) }()
+	select {
+	case err := <-errc:
+		return err
+	case <-ctx.Done():
+	}
+	sctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	defer cancel()
+	srv.Shutdown(sctx)
+	<-errc
+	return nil
+}
+
+// leaderLoop follows leadership changes, drives the lessor while this member leads
+// (proposing session expiries and TTL checkpoints), and announces this member's client
+// address once.
+func (s *Server) leaderLoop(ctx context.Context) error {
+	announced := false
+	timer := time.NewTimer(0)
+	defer timer.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case lc := <-s.node.Leadership():
+			s.leader.Store(lc.Leader)
+			s.term.Store(lc.Term)
+			isLeader, _ := s.lessor.IsLeader()
+			switch {
+			case lc.IsLeader && !isLeader:
+				s.promote(ctx, lc.Term)
+			case !lc.IsLeader && isLeader:
+				s.lessor.Demote()
+				s.log.Info("lost leadership", "term", lc.Term, "leader", FormatID(lc.Leader))
+			}
+		case <-timer.C:
+		}
+		if !announced && s.leader.Load() != 0 {
+			announced = s.announce(ctx)
+		}
+		s.leaderDuties(ctx)
+		timer.Reset(min(max(s.lessor.NextWake(time.Second), 20*time.Millisecond), time.Second))
+	}
+}
+
+// promote makes the lessor the leader's for term once every entry of the earlier terms is
+// applied (a ReadIndex barrier), then proposes the promotion checkpoint.
+func (s *Server) promote(ctx context.Context, term uint64) {
+	rctx, cancel := context.WithTimeout(ctx, s.cfg.RequestTimeout)
+	defer cancel()
+	if err := s.node.ReadIndex(rctx); err != nil {
+		s.log.Warn("promote: read barrier failed; will retry on the next leadership change", "term", term, "err", err)
+		return
+	}
+	var cps []session.Checkpoint
+	s.machine.WithSessions(func(ss []tree.SessionInfo) {
+		cps = s.lessor.Promote(term, sessionStates(ss))
+	})
+	s.log.Info("became leader", "term", term, "sessions", len(cps))
+	s.proposeCheckpoints(ctx, term, cps)
+}
+
+func (s *Server) proposeCheckpoints(ctx context.Context, term uint64, cps []session.Checkpoint) {
+	if len(cps) == 0 {
+		return
+	}
+	tcps := make([]tree.Checkpoint, 0, len(cps))
+	for _, c := range cps {
+		tcps = append(tcps, tree.Checkpoint{ID: c.ID, RemainingMs: c.Remaining.Milliseconds(), Renewed: c.Renewed})
+	}
+	pctx, cancel := context.WithTimeout(ctx, s.cfg.RequestTimeout)
+	defer cancel()
+	if _, err := s.node.Propose(pctx, tree.EncodeTTLCheckpoint(term, tcps)); err != nil && ctx.Err() == nil {
+		s.log.Warn("propose ttl checkpoint", "term", term, "sessions", len(tcps), "err", err)
+	}
+	s.metrics.checkpoints.Add(float64(len(tcps)))
+}
+
+func (s *Server) leaderDuties(ctx context.Context) {
+	if term, ids := s.lessor.Expired(); len(ids) > 0 {
+		pctx, cancel := context.WithTimeout(ctx, s.cfg.RequestTimeout)
+		res, err := s.node.Propose(pctx, tree.EncodeSessionExpire(term, ids))
+		cancel()
+		switch {
+		case err != nil:
+			if ctx.Err() == nil {
+				s.log.Warn("propose session expiry", "sessions", ids, "err", err)
+			}
+		default:
+			if r, ok := res.(tree.ExpireResult); ok {
+				s.metrics.expired.Add(float64(len(r.Expired)))
+				s.log.Info("sessions expired", "sessions", r.Expired, "ephemerals_deleted", r.Deleted)
+			}
+		}
+	}
+	if term, cps := s.lessor.CheckpointsDue(); len(cps) > 0 {
+		s.proposeCheckpoints(ctx, term, cps)
+	}
+}
+
+// announce proposes this member's name and client address unless the state has them.
+func (s *Server) announce(ctx context.Context) bool {
+	want := tree.MemberAttrs{ID: s.id, Name: s.cfg.Name, ClientAddr: s.cfg.AdvertiseClient}
+	if s.machine.Members()[s.id] == want {
+		return true
+	}
+	pctx, cancel := context.WithTimeout(ctx, s.cfg.RequestTimeout)
+	defer cancel()
+	if _, err := s.node.Propose(pctx, tree.EncodeMemberAttrs(want)); err != nil {
+		return false
+	}
+	return true
+}
+
+// seedFile is where RestoreSnapshot puts the snapshot a new data dir starts from.
+const seedFile = "coord-seed.snap"
+
+// RestoreSnapshot seeds dataDir from a snapshot file saved with the Snapshot RPC (offline
+// restore). Every member of the restored cluster, including members added to it later,
+// must be seeded from the same file before its first start; the members then start a new
+// cluster (--initial-cluster-state new) whose state begins at the snapshot. It refuses a
+// data dir that already holds a Raft log, and a corrupt snapshot.
+func RestoreSnapshot(snapshotFile, dataDir string) error {
+	f, err := os.Open(snapshotFile)
+	if err != nil {
+		return fmt.Errorf("restore snapshot: %w", err)
+	}
+	defer f.Close()
+	if _, _, err := tree.ReadSnapshotInfo(f); err != nil {
+		return fmt.Errorf("restore snapshot %s: %w", snapshotFile, err)
+	}
+	if same, err := sameFile(snapshotFile, filepath.Join(dataDir, seedFile)); err == nil && same {
+		return nil // already seeded from this file: a restart with the same flags
+	}
+	if ents, _ := os.ReadDir(filepath.Join(dataDir, "wal")); len(ents) > 0 {
+		return fmt.Errorf("restore snapshot into %s: the data dir already holds a raft log", dataDir)
+	}
+	if err := os.MkdirAll(dataDir, 0o700); err != nil {
+		return fmt.Errorf("restore snapshot: %w", err)
+	}
+	if _, err := f.Seek(0, 0); err != nil {
+		return fmt.Errorf("restore snapshot: %w", err)
+	}
+	tmp, err := os.CreateTemp(dataDir, seedFile+".tmp*")
+	if err != nil {
+		return fmt.Errorf("restore snapshot: %w", err)
+	}
+	defer os.Remove(tmp.Name())
+	if _, err := tmp.ReadFrom(f); err != nil {
+		tmp.Close()
+		return fmt.Errorf("restore snapshot: copy: %w", err)
+	}
+	if err := tmp.Sync(); err != nil {
+		tmp.Close()
+		return fmt.Errorf("restore snapshot: sync: %w", err)
+	}
+	if err := tmp.Close(); err != nil {
+		return fmt.Errorf("restore snapshot: %w", err)
+	}
+	if err := os.Rename(tmp.Name(), filepath.Join(dataDir, seedFile)); err != nil {
+		return fmt.Errorf("restore snapshot: %w", err)
+	}
+	return nil
+}
+
+func sameFile(a, b string) (bool, error) {
+	x, err := os.ReadFile(a)
+	if err != nil {
+		return false, err
+	}
+	y, err := os.ReadFile(b)
+	if err != nil {
+		return false, err
+	}
+	return bytes.Equal(x, y), nil
+}
+
+// loadSeed restores the machine from the data dir's seed, when there is one. raftstore's own
+// snapshot, when it has one, replaces this state afterwards; otherwise its log replays on
+// top of it, which is why the seed is loaded on every start.
+func loadSeed(dataDir string, m *tree.Machine) error {
+	f, err := os.Open(filepath.Join(dataDir, seedFile))
+	if errors.Is(err, os.ErrNotExist) {
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("open seed snapshot: %w", err)
+	}
+	defer f.Close()
+	if err := m.Restore(f); err != nil {
+		return fmt.Errorf("load seed snapshot %s: %w", f.Name(), err)
+	}
+	return nil
+}

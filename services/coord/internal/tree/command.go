@@ -1,0 +1,200 @@
+package tree
+
+import (
+	"encoding/binary"
+	"fmt"
+
+	coordv1 "github.com/berthdev/berth/proto/coord/v1"
+	"google.golang.org/protobuf/proto"
+)
+
+// cmdType is the first byte of every Raft entry the store proposes. Values are persisted in
+// the log: they are never reused or renumbered, only appended.
+type cmdType byte
+
+const (
+	cmdPut            cmdType = 1
+	cmdDelete         cmdType = 2
+	cmdTxn            cmdType = 3
+	cmdSessionOpen    cmdType = 4
+	cmdSessionClose   cmdType = 5
+	cmdSessionExpire  cmdType = 6
+	cmdTTLCheckpoint  cmdType = 7
+	cmdMemberAttrs    cmdType = 8
+	maxRequestIDBytes         = 256
+)
+
+// MaxRequestBytes bounds the encoded size of one write request: a 4 MiB value plus room
+// for the path and the other fields. Larger requests are refused before they are proposed.
+const MaxRequestBytes = MaxValueBytes + 64<<10
+
+var marshalOpts = proto.MarshalOptions{Deterministic: true}
+
+func encodeMsg(t cmdType, m proto.Message) ([]byte, error) {
+	size := marshalOpts.Size(m)
+	if size > MaxRequestBytes {
+		return nil, newError(ErrValueTooLarge, "request is %d bytes encoded, over the %d-byte limit", size, MaxRequestBytes)
+	}
+	b := make([]byte, 1, 1+size)
+	b[0] = byte(t)
+	b, err := marshalOpts.MarshalAppend(b, m)
+	if err != nil {
+		return nil, fmt.Errorf("encode command %d: %w", t, err)
+	}
+	return b, nil
+}
+
+// EncodePut encodes a Put request as a Raft entry.
+func EncodePut(r *coordv1.PutRequest) ([]byte, error) { return encodeMsg(cmdPut, r) }
+
+// EncodeDelete encodes a Delete request as a Raft entry.
+func EncodeDelete(r *coordv1.DeleteRequest) ([]byte, error) { return encodeMsg(cmdDelete, r) }
+
+// EncodeTxn encodes a Txn request as a Raft entry.
+func EncodeTxn(r *coordv1.TxnRequest) ([]byte, error) { return encodeMsg(cmdTxn, r) }
+
+// EncodeSessionOpen encodes a SessionOpen request as a Raft entry.
+func EncodeSessionOpen(r *coordv1.SessionOpenRequest) ([]byte, error) {
+	return encodeMsg(cmdSessionOpen, r)
+}
+
+// EncodeSessionClose encodes a SessionClose request as a Raft entry.
+func EncodeSessionClose(r *coordv1.SessionCloseRequest) ([]byte, error) {
+	return encodeMsg(cmdSessionClose, r)
+}
+
+// EncodeSessionExpire encodes the expiry of sessions, decided by the leader of term on its
+// clock. The entry is ignored when it is committed in another term (a deposed leader's
+// decision forwarded to its successor must not expire anything).
+func EncodeSessionExpire(term uint64, ids []int64) []byte {
+	b := []byte{byte(cmdSessionExpire)}
+	b = binary.AppendUvarint(b, term)
+	b = binary.AppendUvarint(b, uint64(len(ids)))
+	for _, id := range ids {
+		b = binary.AppendVarint(b, id)
+	}
+	return b
+}
+
+// Checkpoint is the leader's record of one session's remaining time to live.
+type Checkpoint struct {
+	// ID is the session.
+	ID int64
+	// RemainingMs is the time the session had left when the leader wrote the checkpoint.
+	RemainingMs int64
+	// Renewed is true when the session was kept alive since the previous checkpoint.
+	Renewed bool
+}
+
+// EncodeTTLCheckpoint encodes a TTL checkpoint decided by the leader of term. Like expiry,
+// it is ignored when committed in another term.
+func EncodeTTLCheckpoint(term uint64, cps []Checkpoint) []byte {
+	b := []byte{byte(cmdTTLCheckpoint)}
+	b = binary.AppendUvarint(b, term)
+	b = binary.AppendUvarint(b, uint64(len(cps)))
+	for _, c := range cps {
+		b = binary.AppendVarint(b, c.ID)
+		b = binary.AppendVarint(b, c.RemainingMs)
+		r := byte(0)
+		if c.Renewed {
+			r = 1
+		}
+		b = append(b, r)
+	}
+	return b
+}
+
+// MemberAttrs are what a member announces about itself through the log.
+type MemberAttrs struct {
+	// ID is the member id.
+	ID uint64
+	// Name is the member's name.
+	Name string
+	// ClientAddr is where it serves the client API.
+	ClientAddr string
+}
+
+// EncodeMemberAttrs encodes a member's announcement of its name and client address.
+func EncodeMemberAttrs(a MemberAttrs) []byte {
+	b := []byte{byte(cmdMemberAttrs)}
+	b = binary.AppendUvarint(b, a.ID)
+	b = appendString(b, a.Name)
+	b = appendString(b, a.ClientAddr)
+	return b
+}
+
+func appendString(b []byte, s string) []byte {
+	b = binary.AppendUvarint(b, uint64(len(s)))
+	return append(b, s...)
+}
+
+// decoder reads the varint encodings above; the first error sticks.
+type decoder struct {
+	b   []byte
+	err error
+}
+
+func (d *decoder) uvarint() uint64 {
+	if d.err != nil {
+		return 0
+	}
+	v, n := binary.Uvarint(d.b)
+	if n <= 0 {
+		d.err = fmt.Errorf("%w: truncated varint", ErrCorrupt)
+		return 0
+	}
+	d.b = d.b[n:]
+	return v
+}
+
+func (d *decoder) varint() int64 {
+	if d.err != nil {
+		return 0
+	}
+	v, n := binary.Varint(d.b)
+	if n <= 0 {
+		d.err = fmt.Errorf("%w: truncated varint", ErrCorrupt)
+		return 0
+	}
+	d.b = d.b[n:]
+	return v
+}
+
+func (d *decoder) byte1() byte {
+	if d.err != nil {
+		return 0
+	}
+	if len(d.b) < 1 {
+		d.err = fmt.Errorf("%w: truncated", ErrCorrupt)
+		return 0
+	}
+	c := d.b[0]
+	d.b = d.b[1:]
+	return c
+}
+
+func (d *decoder) bytesN(n uint64) []byte {
+	if d.err != nil {
+		return nil
+	}
+	if uint64(len(d.b)) < n {
+		d.err = fmt.Errorf("%w: truncated: want %d bytes, have %d", ErrCorrupt, n, len(d.b))
+		return nil
+	}
+	v := d.b[:n:n]
+	d.b = d.b[n:]
+	return v
+}
+
+func (d *decoder) string() string { return string(d.bytesN(d.uvarint())) }
+
+// count reads a collection length and refuses one that cannot fit in the rest of the input
+// (each element takes at least min bytes), so corrupt input cannot make us allocate wildly.
+func (d *decoder) count(min int) int {
+	n := d.uvarint()
+	if d.err == nil && n > uint64(len(d.b)/min) {
+		d.err = fmt.Errorf("%w: count %d exceeds the input", ErrCorrupt, n)
+		return 0
+	}
+	return int(n)
+}
