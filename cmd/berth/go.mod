@@ -41,3 +41,5 @@ require (
 )
 
 replace github.com/berthdev/berth/services/coord => ../../services/coord
+
+replace github.com/berthdev/berth/services/agent => ../../services/agent

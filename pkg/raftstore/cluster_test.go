@@ -28,7 +28,7 @@ func testLogger(id uint64) *slog.Logger {
 
 // testCluster runs members in process over real gRPC on 127.0.0.1.
 type testCluster struct {
-	t         *testing.T
+	t         testing.TB
 	clusterID uint64
 	peers     []Peer
 	configure func(*Config)
@@ -50,7 +50,7 @@ type testMember struct {
 }
 
 // newTestCluster reserves addresses for size members (IDs 1..size) without starting them.
-func newTestCluster(t *testing.T, size int, configure func(*Config)) *testCluster {
+func newTestCluster(t testing.TB, size int, configure func(*Config)) *testCluster {
 	c := &testCluster{t: t, clusterID: 0xbe27, configure: configure, members: map[uint64]*testMember{}}
 	for i := 1; i <= size; i++ {
 		c.addMember(uint64(i))
@@ -185,7 +185,7 @@ func (c *testCluster) running() []uint64 {
 }
 
 // waitFor polls cond until it holds or the timeout ends.
-func waitFor(t *testing.T, timeout time.Duration, what string, cond func() (bool, string)) {
+func waitFor(t testing.TB, timeout time.Duration, what string, cond func() (bool, string)) {
 	t.Helper()
 	deadline := time.Now().Add(timeout)
 	for {

@@ -1222,7 +1222,10 @@ func (n *Node) Status() Status {
 	n.mu.Lock()
 	defer n.mu.Unlock()
 	s := n.status
+	// The applied index is fresher than the rest (published once per turn of the loop);
+	// what is applied is committed.
 	s.AppliedIndex = n.appliedIndex.Load()
+	s.CommitIndex = max(s.CommitIndex, s.AppliedIndex)
 	s.Members = slices.Clone(s.Members)
 	return s
 }
@@ -1277,7 +1280,8 @@ func (n *Node) TransferLeadership(ctx context.Context, to uint64) error {
 
 // AddMember adds p to the cluster and waits until this member has applied the change.
 // Start the new member with Config.Join afterwards. ErrMemberExists for an ID that is or
-// was a member.
+// was a member. Raft takes one membership change at a time: while another is still being
+// applied, this one is dropped and AddMember returns when ctx ends (retry).
 func (n *Node) AddMember(ctx context.Context, p Peer) error {
 	if err := validatePeer(p); err != nil {
 		return fmt.Errorf("add member: %w", err)
@@ -1298,6 +1302,8 @@ func (n *Node) AddMember(ctx context.Context, p Peer) error {
 
 // RemoveMember removes member id from the cluster and waits until this member has applied
 // the change. A removed member's Run returns ErrRemoved; its ID is never accepted again.
+// ErrMemberNotFound for a non-member, ErrLastMember for the only member. Like AddMember,
+// it returns when ctx ends if raft dropped it for a pending change.
 func (n *Node) RemoveMember(ctx context.Context, id uint64) error {
 	members := n.Members()
 	if !slices.ContainsFunc(members, func(m Peer) bool { return m.ID == id }) {

@@ -30,103 +30,124 @@ type Group struct {
 	// error. berth dev uses it to say what stopped.
 	OnStop func(name string, took time.Duration, err error)
 
-	parts []part
+	parts    []*part
+	finished chan struct{} // a part returned; buffered, coalescing
 }
 
 type part struct {
-	name string
-	fn   func(ctx context.Context) error
+	name   string
+	fn     func(ctx context.Context) error
+	cancel context.CancelFunc
+	done   chan struct{} // closed when fn returned
+	err    error         // fn's result, valid once done is closed
 }
 
-// Add appends a part. It must be called before Run.
+// Add appends a part. Parts added before Run start with Run; parts added after a Start
+// start with the next Start.
 func (g *Group) Add(name string, fn func(ctx context.Context) error) {
-	g.parts = append(g.parts, part{name: name, fn: fn})
+	g.parts = append(g.parts, &part{name: name, fn: fn})
 }
 
 // Len reports how many parts were added.
 func (g *Group) Len() int { return len(g.parts) }
 
-// Run starts every part, each with its own context derived from ctx, and waits. When ctx is
-// cancelled or any part returns (with or without an error), every part still running is
-// cancelled in reverse order of addition, one at a time, each waited for up to StopTimeout.
-// Run returns the first error of a part that ended on its own (nil when parts ended only
-// because of cancellation), joined with an ErrStopTimeout error for each part that did not
-// stop in time. Parts that do not stop are abandoned: their goroutines leak, and the error
-// names them.
-func (g *Group) Run(ctx context.Context) error {
-	if len(g.parts) == 0 {
-		<-ctx.Done()
-		return nil
+// Start starts every part added since the last Start, each with its own context, and
+// returns at once. It lets a caller start parts in stages (wait for a store to elect a
+// leader before starting what uses it) and still stop everything in one Wait.
+func (g *Group) Start() {
+	if g.finished == nil {
+		g.finished = make(chan struct{}, 1)
 	}
+	for _, p := range g.parts {
+		if p.done != nil {
+			continue
+		}
+		ctx, cancel := context.WithCancel(context.Background())
+		p.cancel, p.done = cancel, make(chan struct{})
+		go func() {
+			p.err = p.fn(ctx)
+			close(p.done)
+			select {
+			case g.finished <- struct{}{}:
+			default:
+			}
+		}()
+	}
+}
+
+// Run is Start followed by Wait.
+func (g *Group) Run(ctx context.Context) error {
+	g.Start()
+	return g.Wait(ctx)
+}
+
+// Wait blocks until ctx is cancelled or any started part returns (with or without an
+// error); then every part still running is cancelled in reverse order of addition, one at a
+// time, each waited for up to StopTimeout. It returns the first error of a part that ended
+// on its own (a part that returns nil before the group is stopped is an error too: a
+// long-lived part that ends by itself is a bug or a lost dependency), joined with an
+// ErrStopTimeout error for each part that did not stop in time. Parts that do not stop are
+// abandoned: their goroutines leak, and the error names them.
+func (g *Group) Wait(ctx context.Context) error {
 	timeout := g.StopTimeout
 	if timeout <= 0 {
 		timeout = DefaultStopTimeout
 	}
-	type result struct {
-		idx int
-		err error
-	}
-	results := make(chan result, len(g.parts))
-	cancels := make([]context.CancelFunc, len(g.parts))
-	done := make([]bool, len(g.parts))
-	for i, p := range g.parts {
-		pctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
-		cancels[i] = cancel
-		go func() {
-			results <- result{idx: i, err: p.fn(pctx)}
-		}()
-	}
-
-	var first error
-	select {
-	case <-ctx.Done():
-	case r := <-results:
-		done[r.idx] = true
-		cancels[r.idx]()
-		if r.err != nil && !errors.Is(r.err, context.Canceled) {
-			first = fmt.Errorf("%s: %w", g.parts[r.idx].name, r.err)
-		} else {
-			first = fmt.Errorf("%s: %w", g.parts[r.idx].name, errStoppedEarly)
-		}
-		if g.OnStop != nil {
-			g.OnStop(g.parts[r.idx].name, 0, r.err)
-		}
-	}
-
+	g.Start() // parts added but never started are started so that they can be stopped alike
 	var errs []error
-	if first != nil {
-		errs = append(errs, first)
+	for early := false; !early; {
+		for _, p := range g.parts {
+			select {
+			case <-p.done:
+				early = true
+				p.cancel()
+				if p.err != nil && !errors.Is(p.err, context.Canceled) {
+					errs = append(errs, fmt.Errorf("%s: %w", p.name, p.err))
+				} else {
+					errs = append(errs, fmt.Errorf("%s: %w", p.name, errStoppedEarly))
+				}
+				if g.OnStop != nil {
+					g.OnStop(p.name, 0, p.err)
+				}
+			default:
+				continue
+			}
+			break
+		}
+		if early {
+			break
+		}
+		select {
+		case <-ctx.Done():
+			early = true
+		case <-g.finished:
+		}
 	}
 	for i := len(g.parts) - 1; i >= 0; i-- {
-		if done[i] {
-			continue
+		p := g.parts[i]
+		select {
+		case <-p.done:
+			continue // already reported, or ended while an earlier part was stopping
+		default:
 		}
 		start := time.Now()
-		cancels[i]()
+		p.cancel()
 		timer := time.NewTimer(timeout)
-	wait:
-		for {
-			select {
-			case r := <-results:
-				done[r.idx] = true
-				if g.OnStop != nil {
-					g.OnStop(g.parts[r.idx].name, time.Since(start), r.err)
-				}
-				if r.err != nil && !errors.Is(r.err, context.Canceled) {
-					errs = append(errs, fmt.Errorf("%s: %w", g.parts[r.idx].name, r.err))
-				}
-				if r.idx == i {
-					break wait
-				}
-			case <-timer.C:
-				errs = append(errs, fmt.Errorf("%s: %w after %s", g.parts[i].name, ErrStopTimeout, timeout))
-				break wait
+		select {
+		case <-p.done:
+			if g.OnStop != nil {
+				g.OnStop(p.name, time.Since(start), p.err)
 			}
+			if p.err != nil && !errors.Is(p.err, context.Canceled) {
+				errs = append(errs, fmt.Errorf("%s: %w", p.name, p.err))
+			}
+		case <-timer.C:
+			errs = append(errs, fmt.Errorf("%s: %w after %s", p.name, ErrStopTimeout, timeout))
 		}
 		timer.Stop()
 	}
-	if len(errs) == 1 && errors.Is(errs[0], errStoppedEarly) {
-		return errs[0]
+	if len(errs) > 0 && errors.Is(errs[0], errStoppedEarly) && ctx.Err() != nil {
+		errs = errs[1:]
 	}
 	return errors.Join(errs...)
 }

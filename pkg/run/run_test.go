@@ -111,3 +111,21 @@ func TestEmptyGroupWaitsForCancel(t *testing.T) {
 		t.Fatalf("Run: got %v, want nil", err)
 	}
 }
+
+func TestStagedStartStopsEverythingInReverse(t *testing.T) {
+	var rec recorder
+	var g Group
+	g.Add("store", rec.part("store"))
+	g.Start()
+	g.Add("api", rec.part("api"))
+	g.Add("agent", rec.part("agent"))
+	g.Start()
+	ctx, cancel := context.WithCancel(t.Context())
+	cancel()
+	if err := g.Wait(ctx); err != nil {
+		t.Fatalf("Wait: got %v, want nil", err)
+	}
+	if got, want := strings.Join(rec.order, ","), "agent,api,store"; got != want {
+		t.Fatalf("stop order: got %s, want %s", got, want)
+	}
+}

@@ -14,6 +14,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/berthdev/berth/pkg/coordclient"
 	"github.com/berthdev/berth/pkg/logging"
 	"github.com/berthdev/berth/pkg/run"
 )
@@ -28,6 +29,8 @@ type Config struct {
 	Host string
 	// NATSPort is the NATS client port.
 	NATSPort int
+	// CoordPort is coord's client port; its peer port is the next one.
+	CoordPort int
 	// LogLevel is the level of the services' logs.
 	LogLevel string
 	// Out receives the endpoints and progress lines meant for the person running berth dev.
@@ -39,8 +42,9 @@ type Config struct {
 // Defaults are the ports `berth dev` uses when not told otherwise; the CLI's defaults point
 // at them, so that `berth ...` in another terminal reaches `berth dev` with no flags.
 const (
-	DefaultHost     = "127.0.0.1"
-	DefaultNATSPort = 4222
+	DefaultHost      = "127.0.0.1"
+	DefaultNATSPort  = 4222
+	DefaultCoordPort = 7379
 )
 
 // DefaultDataDir is where berth dev keeps its data when --data is not given.
@@ -60,6 +64,9 @@ func (c *Config) Validate() error {
 	if c.NATSPort < 0 || c.NATSPort > 65535 {
 		return fmt.Errorf("--nats-port %d: want 0..65535", c.NATSPort)
 	}
+	if c.CoordPort < 1 || c.CoordPort > 65534 {
+		return fmt.Errorf("--coord-port %d: want 1..65534 (the next port is coord's peer port)", c.CoordPort)
+	}
 	return nil
 }
 
@@ -68,6 +75,9 @@ type env struct {
 	cfg     Config
 	log     *slog.Logger
 	natsURL string
+	// coord is a client of the dev coord, shared by the services; closed by its part.
+	coord         *coordclient.Client
+	coordEndpoint string
 	// endpoints are printed once everything started, in order.
 	endpoints []endpoint
 }
@@ -118,27 +128,28 @@ func Run(ctx context.Context, cfg Config) error {
 	}
 	started := time.Now()
 	for _, s := range services {
-		if err := ctx.Err(); err != nil {
-			return nil
+		if ctx.Err() != nil {
+			break
 		}
-		parts, err := s.start(ctx, e)
+		err := s.start(ctx, e, g)
+		g.Start()
 		if err != nil {
 			// Stop what already started before reporting.
 			cctx, cancel := context.WithCancel(ctx)
 			cancel()
-			_ = g.Run(cctx)
+			_ = g.Wait(cctx)
 			return fmt.Errorf("start %s: %w", s.name, err)
 		}
-		for _, p := range parts {
-			g.Add(p.name, p.run)
-		}
+	}
+	if ctx.Err() != nil {
+		return g.Wait(ctx)
 	}
 	fmt.Fprintf(cfg.Out, "berth dev is up in %s; data in %s\n", time.Since(started).Round(time.Millisecond), cfg.DataDir)
 	for _, ep := range e.endpoints {
 		fmt.Fprintf(cfg.Out, "  %-14s %s\n", ep.name, ep.url)
 	}
 	fmt.Fprintln(cfg.Out, "Press Ctrl-C to stop.")
-	err = g.Run(ctx)
+	err = g.Wait(ctx)
 	fmt.Fprintln(cfg.Out, "berth dev stopped")
 	return err
 }

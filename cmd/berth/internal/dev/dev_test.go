@@ -3,6 +3,8 @@ package dev
 import (
 	"bytes"
 	"context"
+	"net"
+	"strconv"
 	"regexp"
 	"strings"
 	"sync"
@@ -11,6 +13,7 @@ import (
 
 	"go.uber.org/goleak"
 
+	"github.com/berthdev/berth/pkg/coordclient"
 	"github.com/berthdev/berth/pkg/natsbus"
 	"github.com/berthdev/berth/proto/subjects"
 )
@@ -37,13 +40,13 @@ func (s *syncBuffer) String() string {
 
 var natsURL = regexp.MustCompile(`nats://127\.0\.0\.1:\d+`)
 
-func startDev(t *testing.T, dir string) (url string, out *syncBuffer, stop func() error) {
+func startDev(t *testing.T, dir string, coordPort int) (url string, out *syncBuffer, stop func() error) {
 	t.Helper()
 	out = &syncBuffer{}
 	ctx, cancel := context.WithCancel(t.Context())
 	errc := make(chan error, 1)
 	go func() {
-		errc <- Run(ctx, Config{DataDir: dir, NATSPort: 0, Out: out, Log: out, LogLevel: "warn"})
+		errc <- Run(ctx, Config{DataDir: dir, NATSPort: 0, CoordPort: coordPort, Out: out, Log: out, LogLevel: "warn"})
 	}()
 	deadline := time.Now().Add(20 * time.Second)
 	for url == "" {
@@ -73,7 +76,8 @@ func startDev(t *testing.T, dir string) (url string, out *syncBuffer, stop func(
 
 func TestStartsCreatesStreamsAndStops(t *testing.T) {
 	dir := t.TempDir()
-	url, out, stop := startDev(t, dir)
+	coordPort := freePortPair(t)
+	url, out, stop := startDev(t, dir, coordPort)
 
 	bus, err := natsbus.Connect(t.Context(), natsbus.Config{URLs: []string{url}})
 	if err != nil {
@@ -86,8 +90,17 @@ func TestStartsCreatesStreamsAndStops(t *testing.T) {
 	}
 	bus.Close(t.Context())
 
+	cc, err := coordclient.New(t.Context(), coordclient.Config{Endpoints: []string{"127.0.0.1:" + strconv.Itoa(coordPort)}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := cc.Put(t.Context(), "/dev-test/kept", []byte("yes")); err != nil {
+		t.Fatalf("put to dev coord: %v", err)
+	}
+	cc.Close()
+
 	// A second berth dev on the same data directory is refused while the first runs.
-	err = Run(t.Context(), Config{DataDir: dir, NATSPort: 0, Out: &syncBuffer{}, Log: &syncBuffer{}})
+	err = Run(t.Context(), Config{DataDir: dir, NATSPort: 0, CoordPort: coordPort, Out: &syncBuffer{}, Log: &syncBuffer{}})
 	if err == nil || !strings.Contains(err.Error(), "in use by another berth dev") {
 		t.Fatalf("second berth dev on the same data: got %v, want an in-use error", err)
 	}
@@ -100,13 +113,22 @@ func TestStartsCreatesStreamsAndStops(t *testing.T) {
 	}
 
 	// It starts again on the same data and its streams are still there.
-	url, _, stop = startDev(t, dir)
+	url, _, stop = startDev(t, dir, coordPort)
 	bus, err = natsbus.Connect(t.Context(), natsbus.Config{URLs: []string{url}})
 	if err != nil {
 		t.Fatal(err)
 	}
 	if _, err := bus.JetStream().Stream(t.Context(), subjects.StreamEvents); err != nil {
 		t.Fatalf("stream after restart: %v", err)
+	}
+	cc, err = coordclient.New(t.Context(), coordclient.Config{Endpoints: []string{"127.0.0.1:" + strconv.Itoa(coordPort)}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cc.Close()
+	n, err := cc.Get(t.Context(), "/dev-test/kept")
+	if err != nil || string(n.Value) != "yes" {
+		t.Fatalf("coord data after restart: got %v, %v; want the value written before", n, err)
 	}
 	bus.Close(t.Context())
 	if err := stop(); err != nil {
@@ -115,9 +137,29 @@ func TestStartsCreatesStreamsAndStops(t *testing.T) {
 }
 
 func TestBadConfig(t *testing.T) {
-	for _, c := range []Config{{DataDir: ""}, {DataDir: t.TempDir(), NATSPort: 70000}} {
+	for _, c := range []Config{{DataDir: ""}, {DataDir: t.TempDir(), NATSPort: 70000, CoordPort: 7379}, {DataDir: t.TempDir(), CoordPort: 0}} {
 		if err := Run(t.Context(), c); err == nil {
 			t.Fatalf("Run(%+v): got nil, want an error", c)
 		}
 	}
+}
+
+// freePortPair returns a port p such that p and p+1 were both free a moment ago.
+func freePortPair(t *testing.T) int {
+	t.Helper()
+	for range 50 {
+		l, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		p := l.Addr().(*net.TCPAddr).Port
+		l2, err := net.Listen("tcp", net.JoinHostPort("127.0.0.1", strconv.Itoa(p+1)))
+		l.Close()
+		if err == nil {
+			l2.Close()
+			return p
+		}
+	}
+	t.Fatal("no free port pair")
+	return 0
 }

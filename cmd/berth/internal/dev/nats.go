@@ -9,11 +9,12 @@ import (
 	"github.com/nats-io/nats-server/v2/server"
 
 	"github.com/berthdev/berth/pkg/natsbus"
+	"github.com/berthdev/berth/pkg/run"
 )
 
 // startNATS runs an embedded NATS server with JetStream stored under the data directory and
 // creates Berth's streams.
-func startNATS(ctx context.Context, e *env) ([]part, error) {
+func startNATS(ctx context.Context, e *env, g *run.Group) error {
 	opts := &server.Options{
 		ServerName: "berth-dev",
 		Host:       e.cfg.Host,
@@ -29,26 +30,27 @@ func startNATS(ctx context.Context, e *env) ([]part, error) {
 	}
 	ns, err := server.NewServer(opts)
 	if err != nil {
-		return nil, fmt.Errorf("nats server: %w", err)
+		return fmt.Errorf("nats server: %w", err)
 	}
 	go ns.Start()
 	if !ns.ReadyForConnections(15 * time.Second) {
 		ns.Shutdown()
-		return nil, fmt.Errorf("nats server on %s:%d did not become ready (is the port in use? pass --nats-port)", opts.Host, opts.Port)
+		return fmt.Errorf("nats server on %s:%d did not become ready (is the port in use? pass --nats-port)", opts.Host, opts.Port)
 	}
 	e.natsURL = ns.ClientURL()
 	if err := ensureStreams(ctx, e.natsURL); err != nil {
 		ns.Shutdown()
 		ns.WaitForShutdown()
-		return nil, err
+		return err
 	}
 	e.announce("NATS", e.natsURL)
-	return []part{{name: "nats", run: func(ctx context.Context) error {
+	g.Add("nats", func(ctx context.Context) error {
 		<-ctx.Done()
 		ns.Shutdown()
 		ns.WaitForShutdown()
 		return nil
-	}}}, nil
+	})
+	return nil
 }
 
 // ensureStreams creates or updates BERTH_EVENTS and BERTH_WORK on the embedded server.

@@ -1,22 +1,22 @@
 package dev
 
-import "context"
+import (
+	"context"
 
-// service is one entry of what berth dev runs. start prepares the service (it may bind
-// listeners and announce endpoints) and returns the parts to run; it must not leave
-// goroutines behind when it fails.
+	"github.com/berthdev/berth/pkg/run"
+)
+
+// service is one entry of what berth dev runs. start prepares the service, adds its
+// long-lived parts to g and may call g.Start and wait for them to be ready (the services
+// after it can then rely on it). When start fails, berth dev stops every part in g.
 type service struct {
 	name  string
-	start func(ctx context.Context, e *env) ([]part, error)
-}
-
-type part struct {
-	name string
-	run  func(ctx context.Context) error
+	start func(ctx context.Context, e *env, g *run.Group) error
 }
 
 // services is what berth dev runs, in start order; it stops in the reverse order. Each
 // service's issue appends its entry here.
 var services = []service{
 	{name: "nats", start: startNATS},
+	{name: "coord", start: startCoord},
 }
