@@ -38,6 +38,7 @@ require (
 	github.com/spf13/pflag v1.0.9 // indirect
 	github.com/tidwall/btree v1.8.2 // indirect
 	go.etcd.io/raft/v3 v3.7.0 // indirect
+	go.yaml.in/yaml/v3 v3.0.6 // indirect
 	golang.org/x/crypto v0.58.0 // indirect
 	golang.org/x/net v0.60.0 // indirect
 	golang.org/x/sys v0.49.0 // indirect
@@ -50,3 +51,11 @@ require (
 replace github.com/berthdev/berth/services/coord => ../../services/coord
 
 replace github.com/berthdev/berth/services/agent => ../../services/agent
+
+replace github.com/berthdev/berth/services/cmdb-sync => ../../services/cmdb-sync
+
+replace github.com/berthdev/berth/services/scheduler => ../../services/scheduler
+
+replace github.com/berthdev/berth/services/task-controller => ../../services/task-controller
+
+replace github.com/berthdev/berth/services/name-service => ../../services/name-service

@@ -61,9 +61,10 @@ type Config struct {
 	// DialTimeout bounds one connection attempt to a member; 0 means DefaultDialTimeout.
 	DialTimeout time.Duration
 	// RequestTimeout bounds one unary call, every retry included, when the caller's context
-	// has no earlier deadline; 0 means DefaultRequestTimeout. One attempt gets at most half
-	// of it, so that a member that accepts the call and never answers is left in time for
-	// another. Streams (watches, keepalives, snapshots) are not bounded by it.
+	// has no deadline; 0 means DefaultRequestTimeout. One attempt gets half of the call's
+	// time (at least half of RequestTimeout), so that a member that accepts the call and
+	// never answers is left in time for another. Streams (watches, keepalives) are not
+	// bounded by it.
 	RequestTimeout time.Duration
 	// Logger receives debug records about failover and retries and warnings about lost
 	// sessions; nil discards them.
@@ -386,7 +387,11 @@ func (c *Client) do(ctx context.Context, o callOpts, fn attemptFunc) error {
 		ctx, cancel = context.WithTimeout(ctx, c.cfg.RequestTimeout)
 		defer cancel()
 	}
-	attemptTimeout := max(c.cfg.RequestTimeout/2, 100*time.Millisecond)
+	// One attempt gets half of the call's time (at least half of RequestTimeout): enough
+	// for a slow write of a large value, short enough to leave a member that took the call
+	// and went silent in time for another.
+	deadline, _ := ctx.Deadline()
+	attemptTimeout := max(c.cfg.RequestTimeout/2, time.Until(deadline)/2, 100*time.Millisecond)
 	var lastErr error
 	for attempt := 0; ; attempt++ {
 		if err := ctx.Err(); err != nil {

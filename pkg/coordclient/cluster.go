@@ -6,10 +6,11 @@ import (
 	"fmt"
 	"io"
 	"strings"
+	"time"
 
 	"google.golang.org/grpc"
-	"google.golang.org/grpc/peer"
 	"google.golang.org/grpc/metadata"
+	"google.golang.org/grpc/peer"
 
 	coordv1 "github.com/berthdev/berth/proto/coord/v1"
 )
@@ -251,10 +252,11 @@ func (p *permanent) Error() string { return p.err.Error() }
 func (p *permanent) Unwrap() error { return p.err }
 
 // doStream runs a server-streaming call with failover: fn is retried on another member
-// while it fails with a retryable error that is not permanent, until ctx ends. Streams
-// are not bounded by RequestTimeout.
+// while it fails with a retryable error that is not permanent, for at most RequestTimeout
+// (a stream that runs is not bounded by it) and until ctx ends.
 func (c *Client) doStream(ctx context.Context, fn func(ctx context.Context, api coordv1.CoordServiceClient) error) error {
 	var lastErr error
+	giveUpAt := time.Now().Add(c.cfg.RequestTimeout)
 	for attempt := 0; ; attempt++ {
 		if ctx.Err() != nil {
 			return giveUp(ctx, lastErr, attempt)
@@ -274,6 +276,9 @@ func (c *Client) doStream(ctx context.Context, fn func(ctx context.Context, api 
 		}
 		if !retryable(ctx, err) {
 			return err
+		}
+		if time.Now().After(giveUpAt) {
+			return fmt.Errorf("%w (gave up after %d attempts in %s)", err, attempt+1, c.cfg.RequestTimeout)
 		}
 		lastErr = err
 		if !c.failed(addr, err) && !sleep(ctx, retryDelay(attempt, len(c.endpoints))) {

@@ -34,6 +34,7 @@ func NewRoot() *cobra.Command {
 		newVersionCmd(),
 		newDevCmd(),
 		newEventsCmd(),
+		newCoordCmd(),
 	)
 	return root
 }
