@@ -24,3 +24,11 @@ require (
 replace github.com/berthdev/berth/services/coord => ../services/coord
 
 replace github.com/berthdev/berth/services/agent => ../services/agent
+
+replace github.com/berthdev/berth/services/cmdb-sync => ../services/cmdb-sync
+
+replace github.com/berthdev/berth/services/scheduler => ../services/scheduler
+
+replace github.com/berthdev/berth/services/task-controller => ../services/task-controller
+
+replace github.com/berthdev/berth/services/name-service => ../services/name-service

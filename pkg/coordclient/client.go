@@ -36,6 +36,7 @@ import (
 	"google.golang.org/grpc/backoff"
 	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/keepalive"
 	"google.golang.org/grpc/metadata"
 
 	coordv1 "github.com/berthdev/berth/proto/coord/v1"
@@ -46,6 +47,16 @@ const DefaultDialTimeout = 5 * time.Second
 
 // DefaultRequestTimeout bounds one call, retries included, when Config.RequestTimeout is 0.
 const DefaultRequestTimeout = 10 * time.Second
+
+// The client pings every member connection that has been idle for keepaliveTime (gRPC
+// keepalive, also with no stream open; berth-coord permits pings every 5 s) and drops it
+// when no answer comes within keepaliveTimeout, so that a watch or keepalive stream on a
+// member that froze (a stopped process, a dead host behind a live TCP path) fails over
+// instead of stalling silently. 10 s is the shortest interval gRPC allows.
+const (
+	keepaliveTime    = 10 * time.Second
+	keepaliveTimeout = 5 * time.Second
+)
 
 // maxRecvMsgBytes is the largest response the client accepts: a List of a subtree can
 // carry many 4 MiB values.
@@ -171,6 +182,7 @@ func New(ctx context.Context, cfg Config) (*Client, error) {
 			grpc.WithTransportCredentials(creds),
 			grpc.WithConnectParams(grpc.ConnectParams{Backoff: bc, MinConnectTimeout: cfg.DialTimeout}),
 			grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(maxRecvMsgBytes)),
+			grpc.WithKeepaliveParams(keepalive.ClientParameters{Time: keepaliveTime, Timeout: keepaliveTimeout, PermitWithoutStream: true}),
 		},
 		life:        life,
 		stopLife:    stop,

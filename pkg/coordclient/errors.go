@@ -41,8 +41,8 @@ var (
 	ErrInvalidArgument = errors.New("coord: invalid argument")
 	// ErrAlreadyExists is a MemberAdd of a member already in the cluster: gRPC ALREADY_EXISTS.
 	ErrAlreadyExists = errors.New("coord: already exists")
-	// ErrNoLeader is gRPC UNAVAILABLE from a member that knows no leader: an election is in
-	// progress or there is no quorum.
+	// ErrNoLeader is gRPC UNAVAILABLE from a member that knows no leader (an election is in
+	// progress or failing) or that leads without a quorum.
 	ErrNoLeader = errors.New("coord: no leader")
 	// ErrUnavailable is any other UNAVAILABLE: no member could be reached, the write was not
 	// committed in time, or the member is stopping.
@@ -62,6 +62,10 @@ var (
 	// ErrClosed is a call on a Client after Close.
 	ErrClosed = errors.New("coord: client closed")
 )
+
+// errorDomain is the domain of the ErrorInfo detail of berth-coord's error statuses, whose
+// reason names a coordv1.ErrorReason value.
+const errorDomain = "coord.berth.dev"
 
 // Trailer keys that every error status of berth-coord carries.
 const (
@@ -163,8 +167,13 @@ func mapError(err error, trailer metadata.MD, precondition error) error {
 	var compacted *CompactedError
 	var resume *coordv1.ResumeDetail
 	badPath := false
+	reason := coordv1.ErrorReason_ERROR_REASON_UNSPECIFIED
 	for _, d := range st.Details() {
 		switch d := d.(type) {
+		case *errdetails.ErrorInfo:
+			if d.GetDomain() == errorDomain {
+				reason = coordv1.ErrorReason(coordv1.ErrorReason_value[d.GetReason()])
+			}
 		case *coordv1.CompactedDetail:
 			compacted = &CompactedError{CompactRevision: d.GetCompactRevision(), CurrentRevision: d.GetCurrentRevision()}
 		case *coordv1.ResumeDetail:
@@ -194,9 +203,20 @@ func mapError(err error, trailer metadata.MD, precondition error) error {
 	case codes.Aborted:
 		e.kind = ErrConflict
 	case codes.FailedPrecondition:
-		e.kind = ErrRequestIDReused
-		if precondition != nil {
-			e.kind = precondition
+		// The member's reason says which precondition failed; a member that gives none
+		// leaves it to the call made.
+		switch reason {
+		case coordv1.ErrorReason_ERROR_REASON_SESSION_NOT_FOUND:
+			e.kind = ErrSessionExpired
+		case coordv1.ErrorReason_ERROR_REASON_REQUEST_ID_REUSED:
+			e.kind = ErrRequestIDReused
+		case coordv1.ErrorReason_ERROR_REASON_LAST_MEMBER:
+			e.kind = ErrLastMember
+		default:
+			e.kind = ErrRequestIDReused
+			if precondition != nil {
+				e.kind = precondition
+			}
 		}
 	case codes.ResourceExhausted:
 		e.kind = ErrTooLarge
@@ -215,8 +235,13 @@ func mapError(err error, trailer metadata.MD, precondition error) error {
 		return compacted
 	case codes.Unavailable:
 		e.kind = ErrUnavailable
-		if e.MemberID != 0 && e.LeaderID == 0 {
+		switch reason {
+		case coordv1.ErrorReason_ERROR_REASON_NO_LEADER, coordv1.ErrorReason_ERROR_REASON_NO_QUORUM:
 			e.kind = ErrNoLeader
+		case coordv1.ErrorReason_ERROR_REASON_UNSPECIFIED:
+			if e.MemberID != 0 && e.LeaderID == 0 {
+				e.kind = ErrNoLeader
+			}
 		}
 	}
 	return e

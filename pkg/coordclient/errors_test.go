@@ -23,6 +23,10 @@ func withDetails(code codes.Code, msg string, ds ...protoadapt.MessageV1) error 
 	return st.Err()
 }
 
+func withReason(code codes.Code, reason coordv1.ErrorReason) error {
+	return withDetails(code, reason.String(), &errdetails.ErrorInfo{Reason: reason.String(), Domain: errorDomain})
+}
+
 func TestMapError(t *testing.T) {
 	fromMember := metadata.Pairs(trailerMemberID, "a1", trailerLeaderID, "b2")
 	noLeader := metadata.Pairs(trailerMemberID, "a1", trailerLeaderID, "0")
@@ -51,6 +55,13 @@ func TestMapError(t *testing.T) {
 		{"compacted detail", withDetails(codes.OutOfRange, "compacted", &coordv1.CompactedDetail{CompactRevision: 41, CurrentRevision: 90}), fromMember, nil, ErrCompacted, false},
 		{"compacted trailer", status.Error(codes.OutOfRange, "compacted"), metadata.Pairs(trailerCompactRevision, "41"), nil, ErrCompacted, false},
 		{"attempt deadline", status.Error(codes.DeadlineExceeded, "deadline"), nil, nil, context.DeadlineExceeded, true},
+		// The member's ErrorInfo reason wins over what the call guessed.
+		{"reason session", withReason(codes.FailedPrecondition, coordv1.ErrorReason_ERROR_REASON_SESSION_NOT_FOUND), fromMember, nil, ErrSessionExpired, false},
+		{"reason request id reuse", withReason(codes.FailedPrecondition, coordv1.ErrorReason_ERROR_REASON_REQUEST_ID_REUSED), fromMember, ErrSessionExpired, ErrRequestIDReused, false},
+		{"reason last member", withReason(codes.FailedPrecondition, coordv1.ErrorReason_ERROR_REASON_LAST_MEMBER), fromMember, nil, ErrLastMember, false},
+		{"reason no quorum", withReason(codes.Unavailable, coordv1.ErrorReason_ERROR_REASON_NO_QUORUM), fromMember, nil, ErrNoLeader, true},
+		{"reason no leader", withReason(codes.Unavailable, coordv1.ErrorReason_ERROR_REASON_NO_LEADER), fromMember, nil, ErrNoLeader, true},
+		{"reason not committed", withReason(codes.Unavailable, coordv1.ErrorReason_ERROR_REASON_NOT_COMMITTED), noLeader, nil, ErrUnavailable, true},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

@@ -40,6 +40,9 @@ const (
 	// TemplateEvents is every template render or reload event:
 	// berth.v1.events.template.<type>.<host>.
 	TemplateEvents = "berth.v1.events.template.*.*"
+	// AllocEvents is every allocation event: berth.v1.events.alloc.<type>.<service tokens>
+	// (placed, failed, released, rescheduled, lost).
+	AllocEvents = "berth.v1.events.alloc.*.>"
 	// AuditEvents is every audit record: berth.v1.events.audit.<result>.<service tokens>.
 	AuditEvents = "berth.v1.events.audit.*.>"
 
@@ -55,6 +58,8 @@ const (
 	RPCBuild = "berth.v1.rpc.build"
 	// RPCPlace is the request/reply subject of placement requests.
 	RPCPlace = "berth.v1.rpc.place"
+	// RPCRelease is the request/reply subject of allocation releases.
+	RPCRelease = "berth.v1.rpc.release"
 
 	// AgentSteps is every step request to any agent: berth.v1.agent.<host>.step.
 	AgentSteps = "berth.v1.agent.*.step"
@@ -76,6 +81,7 @@ const (
 	DomainImage    = "image"
 	DomainTemplate = "template"
 	DomainAudit    = "audit"
+	DomainAlloc    = "alloc"
 )
 
 // reserved tokens may not be used as a host id because they are subject tokens of their own
@@ -141,6 +147,11 @@ func ImageEvent(typ, service string) (string, error) {
 // AuditEvent is the subject of an audit record; result is allowed or denied.
 func AuditEvent(result, service string) (string, error) {
 	return serviceSubject("events.audit", result, service)
+}
+
+// AllocEvent is the subject of an allocation event.
+func AllocEvent(typ, service string) (string, error) {
+	return serviceSubject("events.alloc", typ, service)
 }
 
 // TaskEvent is the subject of a task event.

@@ -22,6 +22,7 @@ func TestFormatForms(t *testing.T) {
 		{"task", func() (string, error) { return TaskEvent("completed", "t-1") }, "berth.v1.events.task.completed.t-1"},
 		{"host", func() (string, error) { return HostEvent("down", "h-017") }, "berth.v1.events.host.down.h-017"},
 		{"template", func() (string, error) { return TemplateEvent("reloaded", "h-1") }, "berth.v1.events.template.reloaded.h-1"},
+		{"alloc", func() (string, error) { return AllocEvent("rescheduled", "hotel/search") }, "berth.v1.events.alloc.rescheduled.hotel.search"},
 		{"audit", func() (string, error) { return AuditEvent("denied", "flight") }, "berth.v1.events.audit.denied.flight"},
 		{"step", func() (string, error) { return AgentStep("h-1") }, "berth.v1.agent.h-1.step"},
 		{"progress", func() (string, error) { return AgentProgressFor("t-1") }, "berth.v1.agent.progress.t-1"},

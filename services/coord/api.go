@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"slices"
 	"strconv"
 	"time"
 
@@ -14,6 +15,7 @@ import (
 	"github.com/berthdev/berth/services/coord/internal/session"
 	"github.com/berthdev/berth/services/coord/internal/tree"
 	"github.com/berthdev/berth/services/coord/internal/watch"
+	"google.golang.org/genproto/googleapis/rpc/errdetails"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/metadata"
@@ -37,24 +39,59 @@ func (s *Server) header(rev int64) *coordv1.ResponseHeader {
 	return &coordv1.ResponseHeader{Revision: rev, MemberId: s.id, LeaderId: s.leader.Load(), RaftTerm: s.term.Load()}
 }
 
+// errorDomain is the domain of the google.rpc.ErrorInfo detail of every error status.
+const errorDomain = "coord.berth.dev"
+
+// statusError makes an error status with an ErrorInfo detail carrying reason, followed by
+// the other details given.
+func statusError(code codes.Code, reason coordv1.ErrorReason, msg string, details ...proto.Message) error {
+	st := status.New(code, msg)
+	ds := make([]protoadapt.MessageV1, 0, 1+len(details))
+	ds = append(ds, protoadapt.MessageV1Of(&errdetails.ErrorInfo{Reason: reason.String(), Domain: errorDomain}))
+	for _, d := range details {
+		ds = append(ds, protoadapt.MessageV1Of(d))
+	}
+	if wd, err := st.WithDetails(ds...); err == nil {
+		st = wd
+	}
+	return st.Err()
+}
+
 // storeError maps a store error to its gRPC status.
 func storeError(err error) error {
 	var code codes.Code
+	var reason coordv1.ErrorReason
+	var details []proto.Message
 	switch {
 	case errors.Is(err, tree.ErrInvalidPath), errors.Is(err, tree.ErrInvalidArgument):
-		code = codes.InvalidArgument
+		code, reason = codes.InvalidArgument, coordv1.ErrorReason_ERROR_REASON_INVALID_ARGUMENT
+		if errors.Is(err, tree.ErrInvalidPath) {
+			reason = coordv1.ErrorReason_ERROR_REASON_INVALID_PATH
+		}
+		details = append(details, &errdetails.BadRequest{FieldViolations: []*errdetails.BadRequest_FieldViolation{
+			{Field: tree.ErrorField(err), Description: err.Error()},
+		}})
 	case errors.Is(err, tree.ErrValueTooLarge):
-		code = codes.ResourceExhausted
+		code, reason = codes.ResourceExhausted, coordv1.ErrorReason_ERROR_REASON_TOO_LARGE
 	case errors.Is(err, tree.ErrNotFound):
-		code = codes.NotFound
+		code, reason = codes.NotFound, coordv1.ErrorReason_ERROR_REASON_NOT_FOUND
 	case errors.Is(err, tree.ErrVersionMismatch):
-		code = codes.Aborted
-	case errors.Is(err, tree.ErrSessionNotFound), errors.Is(err, tree.ErrRequestIDReused):
-		code = codes.FailedPrecondition
+		code, reason = codes.Aborted, coordv1.ErrorReason_ERROR_REASON_VERSION_MISMATCH
+	case errors.Is(err, tree.ErrSessionNotFound):
+		code, reason = codes.FailedPrecondition, coordv1.ErrorReason_ERROR_REASON_SESSION_NOT_FOUND
+	case errors.Is(err, tree.ErrRequestIDReused):
+		code, reason = codes.FailedPrecondition, coordv1.ErrorReason_ERROR_REASON_REQUEST_ID_REUSED
 	default:
-		code = codes.Internal
+		code, reason = codes.Internal, coordv1.ErrorReason_ERROR_REASON_INTERNAL
 	}
-	return status.Error(code, err.Error())
+	return statusError(code, reason, err.Error(), details...)
+}
+
+// invalidArgument is the INVALID_ARGUMENT status for a request field the API checks itself.
+func invalidArgument(field, format string, args ...any) error {
+	msg := fmt.Sprintf(format, args...)
+	return statusError(codes.InvalidArgument, coordv1.ErrorReason_ERROR_REASON_INVALID_ARGUMENT, msg,
+		&errdetails.BadRequest{FieldViolations: []*errdetails.BadRequest_FieldViolation{{Field: field, Description: msg}}})
 }
 
 // clusterError maps an error from the Raft node; parent is the caller's context.
@@ -63,41 +100,149 @@ func (s *Server) clusterError(parent context.Context, what string, err error) er
 	case parent.Err() != nil:
 		return status.FromContextError(parent.Err()).Err()
 	case errors.Is(err, raftstore.ErrNoLeader):
-		return status.Errorf(codes.Unavailable, "%s: no leader (an election is in progress or there is no quorum); retry", what)
+		return statusError(codes.Unavailable, coordv1.ErrorReason_ERROR_REASON_NO_LEADER,
+			fmt.Sprintf("%s: no leader (an election is in progress or there is no quorum); retry", what))
 	case errors.Is(err, context.DeadlineExceeded):
-		return status.Errorf(codes.Unavailable, "%s: not committed within %v (no quorum?); retry with the same request id", what, s.cfg.RequestTimeout)
+		return statusError(codes.Unavailable, coordv1.ErrorReason_ERROR_REASON_NOT_COMMITTED,
+			fmt.Sprintf("%s: not committed within %v (no quorum?); retry with the same request id", what, s.cfg.RequestTimeout))
 	case errors.Is(err, raftstore.ErrStopped), errors.Is(err, raftstore.ErrRemoved):
-		return status.Errorf(codes.Unavailable, "%s: member is stopping: %v", what, err)
+		return statusError(codes.Unavailable, coordv1.ErrorReason_ERROR_REASON_STOPPING,
+			fmt.Sprintf("%s: member is stopping: %v", what, err))
 	case errors.Is(err, raftstore.ErrProposalTooLarge):
-		return status.Errorf(codes.ResourceExhausted, "%s: %v", what, err)
+		return statusError(codes.ResourceExhausted, coordv1.ErrorReason_ERROR_REASON_TOO_LARGE, fmt.Sprintf("%s: %v", what, err))
 	case errors.Is(err, raftstore.ErrMemberExists):
-		return status.Errorf(codes.AlreadyExists, "%s: %v", what, err)
+		return statusError(codes.AlreadyExists, coordv1.ErrorReason_ERROR_REASON_MEMBER_EXISTS, fmt.Sprintf("%s: %v", what, err))
 	case errors.Is(err, raftstore.ErrMemberNotFound):
-		return status.Errorf(codes.NotFound, "%s: %v", what, err)
+		return statusError(codes.NotFound, coordv1.ErrorReason_ERROR_REASON_NOT_FOUND, fmt.Sprintf("%s: %v", what, err))
 	case errors.Is(err, raftstore.ErrLastMember):
-		return status.Errorf(codes.FailedPrecondition, "%s: %v", what, err)
+		return statusError(codes.FailedPrecondition, coordv1.ErrorReason_ERROR_REASON_LAST_MEMBER, fmt.Sprintf("%s: %v", what, err))
 	}
-	return status.Errorf(codes.Internal, "%s: %v", what, err)
+	return statusError(codes.Internal, coordv1.ErrorReason_ERROR_REASON_INTERNAL, fmt.Sprintf("%s: %v", what, err))
 }
 
-// propose replicates a write and returns the machine's response.
-func (s *Server) propose(ctx context.Context, what string, data []byte, err error) (proto.Message, error) {
+// unavailable returns the UNAVAILABLE status for a call that this member cannot serve
+// now, judging by the leader state st, or nil: no leader for longer than an election
+// timeout, or leadership without a quorum confirmed within an election timeout.
+func (s *Server) unavailable(st *leaderState, what string) error {
+	now := time.Now()
+	if st.leader == 0 {
+		if d := now.Sub(st.since); d >= s.cfg.ElectionTimeout {
+			return statusError(codes.Unavailable, coordv1.ErrorReason_ERROR_REASON_NO_LEADER,
+				fmt.Sprintf("%s: no leader for %v (an election is failing or member %s is cut off from the majority); retry on another member",
+					what, d.Round(time.Millisecond), FormatID(s.id)))
+		}
+		return nil
+	}
+	if st.leader == s.id {
+		if d := now.Sub(time.Unix(0, s.quorumAt.Load())); st.noQuorum || d > s.cfg.ElectionTimeout {
+			return statusError(codes.Unavailable, coordv1.ErrorReason_ERROR_REASON_NO_QUORUM,
+				fmt.Sprintf("%s: no quorum: member %s leads but has not heard from a majority for %v; retry on another member",
+					what, FormatID(s.id), d.Round(time.Millisecond)))
+		}
+	}
+	return nil
+}
+
+// replicate runs attempt (a proposal or a read barrier) against the cluster within the
+// request timeout, failing fast when the cluster cannot serve it (see unavailable). While
+// the member has no leader it waits for one, up to an election timeout. An attempt in
+// flight when the leader changes may have been lost with the old leader (a follower
+// forwards proposals, and a lost one is never retried by Raft): idempotent attempts
+// (reads, writes with a request id, which the store dedupes) are made again for the new
+// leader; others fail at once with UNAVAILABLE, outcome unknown.
+func (s *Server) replicate(ctx context.Context, what string, idempotent bool, attempt func(context.Context) error) error {
+	rctx, cancel := context.WithTimeout(ctx, s.cfg.RequestTimeout)
+	defer cancel()
+	for {
+		st := s.lead.Load()
+		if err := s.unavailable(st, what); err != nil {
+			return err
+		}
+		if st.leader == 0 {
+			t := time.NewTimer(time.Until(st.since.Add(s.cfg.ElectionTimeout)) + time.Millisecond)
+			select {
+			case <-st.done.Done():
+			case <-t.C:
+			case <-rctx.Done():
+			}
+			t.Stop()
+			if rctx.Err() != nil {
+				return s.clusterError(ctx, what, fmt.Errorf("%w: %w", raftstore.ErrNoLeader, rctx.Err()))
+			}
+			continue
+		}
+		actx, acancel := context.WithCancel(rctx)
+		stop := context.AfterFunc(st.done, acancel)
+		err := attempt(actx)
+		stop()
+		acancel()
+		if err == nil {
+			return nil
+		}
+		if rctx.Err() != nil || st.done.Err() == nil {
+			return s.clusterError(ctx, what, err)
+		}
+		// The leadership changed while the attempt was in flight.
+		if err := s.unavailable(s.lead.Load(), what); err != nil {
+			return err
+		}
+		if !idempotent {
+			return statusError(codes.Unavailable, coordv1.ErrorReason_ERROR_REASON_NOT_COMMITTED,
+				fmt.Sprintf("%s: the leader changed while the write was in flight; its outcome is unknown (give writes a request id to make retries safe)", what))
+		}
+	}
+}
+
+// applyEntry replicates an entry and returns what the machine's Apply returned for it; an
+// error result is mapped to its status. An entry with a request id is proposed again
+// after a change of leader (the store answers a duplicate from its request-id table).
+func (s *Server) applyEntry(ctx context.Context, what, requestID string, data []byte, err error) (any, error) {
 	if err != nil {
 		return nil, storeError(err)
 	}
-	pctx, cancel := context.WithTimeout(ctx, s.cfg.RequestTimeout)
-	defer cancel()
-	res, err := s.node.Propose(pctx, data)
+	var res any
+	err = s.replicate(ctx, what, requestID != "", func(ctx context.Context) error {
+		var err error
+		res, err = s.node.Propose(ctx, data)
+		return err
+	})
 	if err != nil {
-		return nil, s.clusterError(ctx, what, err)
+		return nil, err
 	}
-	switch r := res.(type) {
-	case error:
-		return nil, storeError(r)
-	case proto.Message:
+	if err, ok := res.(error); ok {
+		return nil, storeError(err)
+	}
+	return res, nil
+}
+
+// propose replicates a write and returns the machine's response message.
+func (s *Server) propose(ctx context.Context, what, requestID string, data []byte, err error) (proto.Message, error) {
+	res, err := s.applyEntry(ctx, what, requestID, data, err)
+	if err != nil {
+		return nil, err
+	}
+	if r, ok := res.(proto.Message); ok {
 		return r, nil
 	}
 	return nil, status.Errorf(codes.Internal, "%s: unexpected result %T", what, res)
+}
+
+// recordMemberRequest records a member request with a request id in the store before its
+// change is made, and reports whether an earlier attempt of the same request was
+// recorded (a retry). Requests without a request id record nothing.
+func (s *Server) recordMemberRequest(ctx context.Context, what, requestID string, data []byte, err error) (bool, error) {
+	if requestID == "" {
+		return false, nil
+	}
+	res, err := s.applyEntry(ctx, what, requestID, data, err)
+	if err != nil {
+		return false, err
+	}
+	r, ok := res.(tree.MemberRequestResult)
+	if !ok {
+		return false, status.Errorf(codes.Internal, "%s: unexpected result %T", what, res)
+	}
+	return r.Repeat, nil
 }
 
 // readBarrier makes a linearizable read see every write acknowledged before it.
@@ -105,12 +250,7 @@ func (s *Server) readBarrier(ctx context.Context, what string, serializable bool
 	if serializable || s.cfg.localLinearizableReads || forceLocalReads {
 		return nil
 	}
-	rctx, cancel := context.WithTimeout(ctx, s.cfg.RequestTimeout)
-	defer cancel()
-	if err := s.node.ReadIndex(rctx); err != nil {
-		return s.clusterError(ctx, what, err)
-	}
-	return nil
+	return s.replicate(ctx, what, true, s.node.ReadIndex)
 }
 
 // Get implements CoordService.Get.
@@ -134,7 +274,7 @@ func (s *Server) List(ctx context.Context, req *coordv1.ListRequest) (*coordv1.L
 		return nil, storeError(fmt.Errorf("list %q: %w", req.Path, err))
 	}
 	if req.Limit < 0 {
-		return nil, status.Errorf(codes.InvalidArgument, "list %s: limit %d is negative", req.Path, req.Limit)
+		return nil, invalidArgument("limit", "list %s: limit %d is negative", req.Path, req.Limit)
 	}
 	if err := s.readBarrier(ctx, "list "+req.Path, req.Serializable); err != nil {
 		return nil, err
@@ -149,10 +289,11 @@ func (s *Server) List(ctx context.Context, req *coordv1.ListRequest) (*coordv1.L
 // Put implements CoordService.Put.
 func (s *Server) Put(ctx context.Context, req *coordv1.PutRequest) (*coordv1.PutResponse, error) {
 	if len(req.Value) > tree.MaxValueBytes {
-		return nil, status.Errorf(codes.ResourceExhausted, "put %s: value is %d bytes, over the %d-byte limit", req.Path, len(req.Value), tree.MaxValueBytes)
+		return nil, statusError(codes.ResourceExhausted, coordv1.ErrorReason_ERROR_REASON_TOO_LARGE,
+			fmt.Sprintf("put %s: value is %d bytes, over the %d-byte limit", req.Path, len(req.Value), tree.MaxValueBytes))
 	}
 	data, err := tree.EncodePut(req)
-	res, err := s.propose(ctx, "put "+req.Path, data, err)
+	res, err := s.propose(ctx, "put "+req.Path, req.RequestId, data, err)
 	if err != nil {
 		return nil, err
 	}
@@ -163,7 +304,7 @@ func (s *Server) Put(ctx context.Context, req *coordv1.PutRequest) (*coordv1.Put
 // Delete implements CoordService.Delete.
 func (s *Server) Delete(ctx context.Context, req *coordv1.DeleteRequest) (*coordv1.DeleteResponse, error) {
 	data, err := tree.EncodeDelete(req)
-	res, err := s.propose(ctx, "delete "+req.Path, data, err)
+	res, err := s.propose(ctx, "delete "+req.Path, req.RequestId, data, err)
 	if err != nil {
 		return nil, err
 	}
@@ -174,7 +315,7 @@ func (s *Server) Delete(ctx context.Context, req *coordv1.DeleteRequest) (*coord
 // Txn implements CoordService.Txn.
 func (s *Server) Txn(ctx context.Context, req *coordv1.TxnRequest) (*coordv1.TxnResponse, error) {
 	data, err := tree.EncodeTxn(req)
-	res, err := s.propose(ctx, "txn", data, err)
+	res, err := s.propose(ctx, "txn", req.RequestId, data, err)
 	if err != nil {
 		return nil, err
 	}
@@ -185,7 +326,7 @@ func (s *Server) Txn(ctx context.Context, req *coordv1.TxnRequest) (*coordv1.Txn
 // SessionOpen implements CoordService.SessionOpen.
 func (s *Server) SessionOpen(ctx context.Context, req *coordv1.SessionOpenRequest) (*coordv1.SessionOpenResponse, error) {
 	data, err := tree.EncodeSessionOpen(req)
-	res, err := s.propose(ctx, "session open", data, err)
+	res, err := s.propose(ctx, "session open", req.RequestId, data, err)
 	if err != nil {
 		return nil, err
 	}
@@ -196,7 +337,7 @@ func (s *Server) SessionOpen(ctx context.Context, req *coordv1.SessionOpenReques
 // SessionClose implements CoordService.SessionClose.
 func (s *Server) SessionClose(ctx context.Context, req *coordv1.SessionCloseRequest) (*coordv1.SessionCloseResponse, error) {
 	data, err := tree.EncodeSessionClose(req)
-	res, err := s.propose(ctx, "session close", data, err)
+	res, err := s.propose(ctx, "session close", req.RequestId, data, err)
 	if err != nil {
 		return nil, err
 	}
@@ -204,33 +345,83 @@ func (s *Server) SessionClose(ctx context.Context, req *coordv1.SessionCloseRequ
 	return &coordv1.SessionCloseResponse{Header: s.header(r.Header.GetRevision()), Deleted: r.Deleted}, nil
 }
 
-// notLeader is the UNAVAILABLE status for a keepalive that reached a follower.
+// notLeader is the UNAVAILABLE status for a keepalive that reached a member whose lessor
+// is not the leader's. The LeaderDetail names the leader, or no one when this member is
+// stopping and has not handed leadership over yet, or when no leader is known.
 func (s *Server) notLeader() error {
 	lead := s.leader.Load()
-	d := &coordv1.LeaderDetail{LeaderId: lead, LeaderClientAddr: s.machine.Members()[lead].ClientAddr}
-	st := status.Newf(codes.Unavailable, "session keepalive: member %s is not the leader; leader is %s at %q",
-		FormatID(s.id), FormatID(lead), d.LeaderClientAddr)
-	if wd, err := st.WithDetails(protoadapt.MessageV1Of(d)); err == nil {
-		st = wd
+	reason := coordv1.ErrorReason_ERROR_REASON_NOT_LEADER
+	why := "is not the leader"
+	if s.stopping.Load() {
+		reason, why = coordv1.ErrorReason_ERROR_REASON_STOPPING, "is stopping"
 	}
-	return st.Err()
+	if lead == s.id {
+		// Leading in Raft without a lessor: stopping, or promotion not done yet.
+		lead = 0
+	}
+	d := &coordv1.LeaderDetail{LeaderId: lead, LeaderClientAddr: s.machine.Members()[lead].ClientAddr}
+	msg := fmt.Sprintf("session keepalive: member %s %s; leader is %s at %q", FormatID(s.id), why, FormatID(lead), d.LeaderClientAddr)
+	if lead == 0 {
+		msg = fmt.Sprintf("session keepalive: member %s %s; no leader is known yet, retry shortly", FormatID(s.id), why)
+	}
+	return statusError(codes.Unavailable, reason, msg, d)
 }
 
-// SessionKeepAlive implements CoordService.SessionKeepAlive.
+// noQuorum is the UNAVAILABLE status for a keepalive that reached a leader which cannot
+// confirm that a majority still follows it.
+func (s *Server) noQuorum() error {
+	return statusError(codes.Unavailable, coordv1.ErrorReason_ERROR_REASON_NO_QUORUM,
+		fmt.Sprintf("session keepalive: member %s leads but cannot confirm a quorum within %v; not renewing sessions (quorum lost?)",
+			FormatID(s.id), s.cfg.leaseWindow()), &coordv1.LeaderDetail{})
+}
+
+// SessionKeepAlive implements CoordService.SessionKeepAlive. The stream ends with
+// UNAVAILABLE as soon as this member stops being the leader, loses its quorum lease, or
+// stops.
 func (s *Server) SessionKeepAlive(stream grpc.BidiStreamingServer[coordv1.SessionKeepAliveRequest, coordv1.SessionKeepAliveResponse]) error {
 	ctx := stream.Context()
 	if leader, _ := s.lessor.IsLeader(); !leader {
 		return s.notLeader()
 	}
-	for {
-		req, err := stream.Recv()
-		if err == io.EOF {
-			return nil
+	// Recv runs on its own goroutine so that the stream can end while the client is
+	// between keepalives; the goroutine exits when the stream does.
+	reqs := make(chan *coordv1.SessionKeepAliveRequest)
+	recvErr := make(chan error, 1)
+	go func() {
+		for {
+			req, err := stream.Recv()
+			if err != nil {
+				recvErr <- err
+				return
+			}
+			select {
+			case reqs <- req:
+			case <-ctx.Done():
+				return
+			}
 		}
-		if err != nil {
+	}()
+	for {
+		var req *coordv1.SessionKeepAliveRequest
+		select {
+		case req = <-reqs:
+		case err := <-recvErr:
+			if err == io.EOF {
+				return nil
+			}
 			return err
+		case <-s.drainCtx.Done():
+			return s.notLeader()
+		case <-ctx.Done():
+			return status.FromContextError(ctx.Err()).Err()
 		}
 		ttl, err := s.lessor.KeepAlive(req.SessionId)
+		if errors.Is(err, session.ErrNoQuorum) {
+			// The lease ran out (the probes are late, or the quorum is gone): confirm now.
+			if _, term := s.lessor.IsLeader(); s.confirmQuorum(ctx, term, s.cfg.leaseWindow()/2) {
+				ttl, err = s.lessor.KeepAlive(req.SessionId)
+			}
+		}
 		if errors.Is(err, session.ErrUnknown) && !s.machine.HasSession(req.SessionId) {
 			// The open may be committed but not yet applied here: wait for this member to
 			// catch up, then look again.
@@ -242,6 +433,8 @@ func (s *Server) SessionKeepAlive(stream grpc.BidiStreamingServer[coordv1.Sessio
 		switch {
 		case errors.Is(err, session.ErrNotLeader):
 			return s.notLeader()
+		case errors.Is(err, session.ErrNoQuorum):
+			return s.noQuorum()
 		case errors.Is(err, session.ErrUnknown):
 			resp.Expired = true
 		case err != nil:
@@ -262,7 +455,7 @@ func (s *Server) Watch(req *coordv1.WatchRequest, stream grpc.ServerStreamingSer
 		return storeError(fmt.Errorf("watch %q: %w", req.Path, err))
 	}
 	if req.StartRevision < 0 {
-		return status.Errorf(codes.InvalidArgument, "watch %s: start revision %d is negative", req.Path, req.StartRevision)
+		return invalidArgument("start_revision", "watch %s: start revision %d is negative", req.Path, req.StartRevision)
 	}
 	w, rev, err := s.hub.Watch(req.Path, req.Recursive, req.StartRevision)
 	if err != nil {
@@ -272,14 +465,22 @@ func (s *Server) Watch(req *coordv1.WatchRequest, stream grpc.ServerStreamingSer
 	if err := stream.Send(&coordv1.WatchResponse{Header: s.header(rev), Created: true}); err != nil {
 		return err
 	}
-	ctx := stream.Context()
+	// ctx also ends when the member stops serving streams.
+	ctx, cancelDrain := context.WithCancel(stream.Context())
+	defer cancelDrain()
+	stopDrain := context.AfterFunc(s.drainCtx, cancelDrain)
+	defer stopDrain()
 	for {
 		wctx, cancel := context.WithTimeout(ctx, progressInterval)
 		evs, err := w.Next(wctx)
 		cancel()
 		if err != nil {
+			if err := stream.Context().Err(); err != nil {
+				return status.FromContextError(err).Err()
+			}
 			if ctx.Err() != nil {
-				return status.FromContextError(ctx.Err()).Err()
+				return statusError(codes.Unavailable, coordv1.ErrorReason_ERROR_REASON_STOPPING,
+					fmt.Sprintf("watch %s: member %s is stopping; resume on another member", req.Path, FormatID(s.id)))
 			}
 			if errors.Is(err, context.DeadlineExceeded) {
 				if prog, ok := w.Progress(); ok {
@@ -311,22 +512,16 @@ func (s *Server) watchError(stream grpc.ServerStream, path string, err error) er
 	switch {
 	case errors.As(err, &ce):
 		stream.SetTrailer(metadata.Pairs(TrailerCompactRev, strconv.FormatInt(ce.CompactRevision, 10)))
-		st := status.Newf(codes.OutOfRange, "watch %s: %v", path, ce)
-		if wd, derr := st.WithDetails(protoadapt.MessageV1Of(&coordv1.CompactedDetail{CompactRevision: ce.CompactRevision, CurrentRevision: ce.CurrentRevision})); derr == nil {
-			st = wd
-		}
-		return st.Err()
+		return statusError(codes.OutOfRange, coordv1.ErrorReason_ERROR_REASON_WATCH_COMPACTED, fmt.Sprintf("watch %s: %v", path, ce),
+			&coordv1.CompactedDetail{CompactRevision: ce.CompactRevision, CurrentRevision: ce.CurrentRevision})
 	case errors.As(err, &oe):
 		stream.SetTrailer(metadata.Pairs(TrailerResumeRevision, strconv.FormatInt(oe.Resume, 10)))
-		st := status.Newf(codes.ResourceExhausted, "watch %s: %v", path, oe)
-		if wd, derr := st.WithDetails(protoadapt.MessageV1Of(&coordv1.ResumeDetail{ResumeRevision: oe.Resume})); derr == nil {
-			st = wd
-		}
-		return st.Err()
+		return statusError(codes.ResourceExhausted, coordv1.ErrorReason_ERROR_REASON_WATCH_OVERFLOW, fmt.Sprintf("watch %s: %v", path, oe),
+			&coordv1.ResumeDetail{ResumeRevision: oe.Resume})
 	case errors.Is(err, watch.ErrClosed):
-		return status.Errorf(codes.Unavailable, "watch %s: member is stopping", path)
+		return statusError(codes.Unavailable, coordv1.ErrorReason_ERROR_REASON_STOPPING, fmt.Sprintf("watch %s: member is stopping", path))
 	}
-	return status.Errorf(codes.Internal, "watch %s: %v", path, err)
+	return statusError(codes.Internal, coordv1.ErrorReason_ERROR_REASON_INTERNAL, fmt.Sprintf("watch %s: %v", path, err))
 }
 
 func (s *Server) members() []*coordv1.Member {
@@ -345,19 +540,33 @@ func (s *Server) Members(context.Context, *coordv1.MembersRequest) (*coordv1.Mem
 	return &coordv1.MembersResponse{Header: s.header(s.machine.Revision()), Members: s.members()}, nil
 }
 
-// MemberAdd implements CoordService.MemberAdd.
+// MemberAdd implements CoordService.MemberAdd. With a request id, a retry whose member is
+// already in the cluster with the same peer address succeeds.
 func (s *Server) MemberAdd(ctx context.Context, req *coordv1.MemberAddRequest) (*coordv1.MemberAddResponse, error) {
 	if req.Name == "" {
-		return nil, status.Error(codes.InvalidArgument, "member add: name is required")
+		return nil, invalidArgument("name", "member add: name is required")
 	}
 	if _, err := ParseInitialCluster(req.Name + "=" + req.PeerAddr); err != nil {
-		return nil, status.Errorf(codes.InvalidArgument, "member add %s: %v", req.Name, err)
+		return nil, invalidArgument("peer_addr", "member add %s: %v", req.Name, err)
 	}
 	id := MemberID(req.Name)
-	cctx, cancel := context.WithTimeout(ctx, s.cfg.RequestTimeout)
-	defer cancel()
-	if err := s.node.AddMember(cctx, raftstore.Peer{ID: id, Addr: req.PeerAddr}); err != nil {
-		return nil, s.clusterError(ctx, "member add "+req.Name, err)
+	what := "member add " + req.Name
+	data, err := tree.EncodeMemberAdd(req)
+	repeat, err := s.recordMemberRequest(ctx, what, req.RequestId, data, err)
+	if err != nil {
+		return nil, err
+	}
+	attempted := false
+	err = s.replicate(ctx, what, req.RequestId != "", func(ctx context.Context) error {
+		err := s.node.AddMember(ctx, raftstore.Peer{ID: id, Addr: req.PeerAddr})
+		if errors.Is(err, raftstore.ErrMemberExists) && req.RequestId != "" && (repeat || attempted) && s.isMember(id, req.PeerAddr) {
+			return nil // an earlier attempt of this request added it
+		}
+		attempted = true
+		return err
+	})
+	if err != nil {
+		return nil, err
 	}
 	return &coordv1.MemberAddResponse{
 		Header:    s.header(s.machine.Revision()),
@@ -367,15 +576,34 @@ func (s *Server) MemberAdd(ctx context.Context, req *coordv1.MemberAddRequest) (
 	}, nil
 }
 
-// MemberRemove implements CoordService.MemberRemove.
+// isMember reports whether id is a member with peer address addr.
+func (s *Server) isMember(id uint64, addr string) bool {
+	return slices.ContainsFunc(s.node.Members(), func(p raftstore.Peer) bool { return p.ID == id && p.Addr == addr })
+}
+
+// MemberRemove implements CoordService.MemberRemove. With a request id, a retry whose
+// member is already gone succeeds.
 func (s *Server) MemberRemove(ctx context.Context, req *coordv1.MemberRemoveRequest) (*coordv1.MemberRemoveResponse, error) {
 	if req.Id == 0 {
-		return nil, status.Error(codes.InvalidArgument, "member remove: id is required")
+		return nil, invalidArgument("id", "member remove: id is required")
 	}
-	cctx, cancel := context.WithTimeout(ctx, s.cfg.RequestTimeout)
-	defer cancel()
-	if err := s.node.RemoveMember(cctx, req.Id); err != nil {
-		return nil, s.clusterError(ctx, "member remove "+FormatID(req.Id), err)
+	what := "member remove " + FormatID(req.Id)
+	data, err := tree.EncodeMemberRemove(req)
+	repeat, err := s.recordMemberRequest(ctx, what, req.RequestId, data, err)
+	if err != nil {
+		return nil, err
+	}
+	attempted := false
+	err = s.replicate(ctx, what, req.RequestId != "", func(ctx context.Context) error {
+		err := s.node.RemoveMember(ctx, req.Id)
+		if errors.Is(err, raftstore.ErrMemberNotFound) && req.RequestId != "" && (repeat || attempted) {
+			return nil // an earlier attempt of this request removed it
+		}
+		attempted = true
+		return err
+	})
+	if err != nil {
+		return nil, err
 	}
 	return &coordv1.MemberRemoveResponse{Header: s.header(s.machine.Revision()), Members: s.members()}, nil
 }

@@ -14,6 +14,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/http/pprof"
 	"os"
 	"path/filepath"
 	"sync"
@@ -29,6 +30,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials"
+	"google.golang.org/grpc/keepalive"
 )
 
 // maxMessageBytes is the largest gRPC message the client API accepts or sends: above the
@@ -51,8 +53,26 @@ type Server struct {
 	node      *raftstore.Node
 	metrics   *metrics
 
+	// leader and term are the leadership as last seen, for response headers.
 	leader atomic.Uint64
 	term   atomic.Uint64
+
+	// leadMu serializes changes of the lessor's role: promotion, demotion, stopping.
+	leadMu sync.Mutex
+	// leadStateMu serializes replacements of lead.
+	leadStateMu sync.Mutex
+	lead        atomic.Pointer[leaderState]
+	// quorumAt is when (unix ns) the latest round trip that confirmed this member's
+	// quorum as leader started.
+	quorumAt atomic.Int64
+	// changes hands the latest leader change from followLeadership to leaderLoop.
+	changes chan raftstore.LeaderChange
+	// stopping is set when a planned stop begins; the lessor is never promoted again.
+	stopping atomic.Bool
+	// drainCtx is cancelled when the member stops serving streams: watch and keepalive
+	// streams then end with UNAVAILABLE.
+	drainCtx    context.Context
+	drainCancel context.CancelFunc
 
 	// clientAddr is the bound client address, set by Run.
 	clientAddr atomic.Pointer[string]
@@ -90,7 +110,12 @@ func New(cfg Config, logger *slog.Logger) (*Server, error) {
 		logger = slog.Default()
 	}
 	members, _ := ParseInitialCluster(cfg.InitialCluster)
-	s := &Server{cfg: cfg, log: logger.With("member", cfg.Name), reg: prometheus.NewRegistry(), id: MemberID(cfg.Name)}
+	s := &Server{cfg: cfg, log: logger.With("member", cfg.Name), reg: prometheus.NewRegistry(), id: MemberID(cfg.Name),
+		changes: make(chan raftstore.LeaderChange, 1)}
+	s.drainCtx, s.drainCancel = context.WithCancel(context.Background())
+	initial := &leaderState{since: time.Now()}
+	initial.done, initial.cancel = context.WithCancel(context.Background())
+	s.lead.Store(initial)
 	s.clusterID = cfg.ClusterID
 	if s.clusterID == 0 {
 		base := members
@@ -106,7 +131,7 @@ func New(cfg Config, logger *slog.Logger) (*Server, error) {
 		s.clusterID = ClusterIDOf(base)
 	}
 	s.hub = watch.NewHub(0, watch.Options{HistoryEvents: cfg.HistoryWindow, WatcherBuffer: cfg.WatcherBuffer})
-	s.lessor = session.New(session.Options{ElectionTimeout: cfg.ElectionTimeout})
+	s.lessor = session.New(session.Options{ElectionTimeout: cfg.ElectionTimeout, LeaseWindow: cfg.leaseWindow()})
 	s.machine = tree.New(tree.Options{Publisher: s.hub, Sessions: sessionBridge{s.lessor}})
 	if err := loadSeed(cfg.DataDir, s.machine); err != nil {
 		return nil, err
@@ -152,7 +177,10 @@ func New(cfg Config, logger *slog.Logger) (*Server, error) {
 }
 
 // Close releases the data dir of a Server whose Run was never called.
-func (s *Server) Close() error { return s.node.Close() }
+func (s *Server) Close() error {
+	s.drainCancel()
+	return s.node.Close()
+}
 
 // ID returns this member's id.
 func (s *Server) ID() uint64 { return s.id }
@@ -192,11 +220,23 @@ func (g *group) go_(name string, fn func() error) {
 	}()
 }
 
+// drainTimeout bounds how long a planned stop waits for unary calls in flight.
+const drainTimeout = 2 * time.Second
+
 // Run serves until ctx ends (nil then) or a part fails. It returns after every goroutine
 // it started has stopped and the data dir is closed.
+//
+// When ctx ends the member stops in order, so that a planned restart costs the cluster
+// little: it stops renewing sessions at once (keepalives get UNAVAILABLE), hands
+// leadership to another member when it leads (TransferLeadership, bounded by the
+// election timeout), ends its watch and keepalive streams with UNAVAILABLE so that
+// clients move on, lets unary calls in flight finish (up to 2 s, with Raft still
+// running so that their writes can commit), and only then stops Raft.
 func (s *Server) Run(ctx context.Context) error {
-	ctx, cancel := context.WithCancel(ctx)
-	defer cancel()
+	// runCtx lives until the member has drained: Raft keeps running during the stop.
+	runCtx, cancelRun := context.WithCancel(context.WithoutCancel(ctx))
+	defer cancelRun()
+	defer s.drainCancel()
 	var lc net.ListenConfig
 	listen := func(l net.Listener, addr, what string) (net.Listener, error) {
 		if l != nil {
@@ -243,6 +283,8 @@ func (s *Server) Run(ctx context.Context) error {
 		grpc.MaxSendMsgSize(maxMessageBytes),
 		grpc.ChainUnaryInterceptor(s.unaryInterceptor),
 		grpc.ChainStreamInterceptor(s.streamInterceptor),
+		grpc.KeepaliveEnforcementPolicy(keepaliveEnforcement),
+		grpc.KeepaliveParams(keepalive.ServerParameters{Time: serverPingTime, Timeout: serverPingTimeout}),
 	}
 	if s.cfg.ClientTLS.enabled() {
 		t, err := s.cfg.ClientTLS.serverTLS("client")
@@ -256,43 +298,87 @@ func (s *Server) Run(ctx context.Context) error {
 	clientSrv := grpc.NewServer(opts...)
 	coordv1.RegisterCoordServiceServer(clientSrv, s)
 
-	g := &group{cancel: cancel}
-	g.go_("raft node", func() error { return s.node.Run(ctx) })
-	g.go_("peer service", func() error { return s.node.ServePeers(ctx, peerL) })
-	g.go_("client api", func() error {
-		errc := make(chan error, 1)
-		go func() { errc <- clientSrv.Serve(clientL) }()
-		select {
-		case err := <-errc:
-			return err
-		case <-ctx.Done():
+	// The grace for the first election: a member that has just started knows no leader
+	// for up to two election timeouts without anything being wrong.
+	s.setLead(func(st *leaderState) { st.since = time.Now().Add(s.cfg.ElectionTimeout) })
+
+	g := &group{cancel: cancelRun}
+	g.go_("raft node", func() error { return s.node.Run(runCtx) })
+	g.go_("peer service", func() error { return s.node.ServePeers(runCtx, peerL) })
+	g.go_("leadership", func() error { return s.followLeadership(runCtx) })
+	g.go_("session leader loop", func() error { return s.leaderLoop(runCtx) })
+	g.go_("quorum lease", func() error { return s.leaseLoop(runCtx) })
+	g.go_("client api", func() error { return clientSrv.Serve(clientL) })
+	if metricsL != nil {
+		u := "http://" + metricsL.Addr().String()
+		s.metricsURL.Store(&u)
+		g.go_("metrics", func() error { return s.serveMetrics(runCtx, metricsL) })
+	}
+	s.log.Info("berth-coord started", "id", FormatID(s.id), "cluster", FormatID(s.clusterID),
+		"client", addr, "peer", peerL.Addr().String())
+	select {
+	case <-ctx.Done():
+		if s.cfg.noHandover {
+			// Tests emulate a crash: no hand-over, no drain.
+			s.drainCancel()
+			clientSrv.Stop()
+			break
 		}
-		// Drain: stop accepting, let unary calls finish; streams end with the context.
+		s.handOver(runCtx)
+		s.drainCancel()
 		stopped := make(chan struct{})
 		go func() { clientSrv.GracefulStop(); close(stopped) }()
 		select {
 		case <-stopped:
-		case <-time.After(2 * time.Second):
+		case <-time.After(drainTimeout):
 			clientSrv.Stop()
 			<-stopped
 		}
-		<-errc
-		return nil
-	})
-	if metricsL != nil {
-		u := "http://" + metricsL.Addr().String()
-		s.metricsURL.Store(&u)
-		g.go_("metrics", func() error { return s.serveMetrics(ctx, metricsL) })
+	case <-runCtx.Done():
+		// A part failed.
+		s.drainCancel()
+		clientSrv.Stop()
 	}
-	g.go_("session leader loop", func() error { return s.leaderLoop(ctx) })
-	s.log.Info("berth-coord started", "id", FormatID(s.id), "cluster", FormatID(s.clusterID),
-		"client", addr, "peer", peerL.Addr().String())
-	<-ctx.Done()
+	cancelRun()
 	g.wg.Wait()
 	if g.err != nil && !errors.Is(g.err, context.Canceled) {
 		return g.err
 	}
 	return nil
+}
+
+// handOver starts a planned stop: the lessor stops renewing sessions, and a leader hands
+// leadership to another member (each candidate gets half an election timeout; Raft only
+// transfers to a member whose log has caught up), so that the cluster does not wait an
+// election timeout for this member's silence. The new leader gives every session that
+// was being kept alive its full TTL.
+func (s *Server) handOver(ctx context.Context) {
+	s.leadMu.Lock()
+	s.stopping.Store(true)
+	if leader, _ := s.lessor.IsLeader(); leader {
+		s.lessor.Demote()
+	}
+	s.leadMu.Unlock()
+	if st := s.node.Status(); !st.IsLeader || len(st.Members) < 2 {
+		return
+	}
+	start := time.Now()
+	for _, p := range s.node.Members() {
+		if p.ID == s.id {
+			continue
+		}
+		tctx, cancel := context.WithTimeout(ctx, s.cfg.ElectionTimeout/2)
+		err := s.node.TransferLeadership(tctx, p.ID)
+		cancel()
+		if err == nil {
+			s.log.Info("stopping: handed leadership over", "to", FormatID(p.ID), "took", time.Since(start))
+			return
+		}
+		s.log.Warn("stopping: leadership transfer failed", "to", FormatID(p.ID), "err", err)
+		if ctx.Err() != nil {
+			return
+		}
+	}
 }
 
 func (s *Server) serveMetrics(ctx context.Context, l net.Listener) error {
@@ -308,6 +394,13 @@ func (s *Server) serveMetrics(ctx context.Context, l net.Listener) error {
 		}
 		w.Write([]byte("ok\n"))
 	})
+	// The profiling endpoints of net/http/pprof, registered explicitly (not on
+	// http.DefaultServeMux).
+	mux.HandleFunc("/debug/pprof/", pprof.Index)
+	mux.HandleFunc("/debug/pprof/cmdline", pprof.Cmdline)
+	mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
+	mux.HandleFunc("/debug/pprof/symbol", pprof.Symbol)
+	mux.HandleFunc("/debug/pprof/trace", pprof.Trace)
 	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
 	errc := make(chan error, 1)
 	go func() { errc <- srv.Serve(l) }()
@@ -323,9 +416,81 @@ func (s *Server) serveMetrics(ctx context.Context, l net.Listener) error {
 	return nil
 }
 
-// leaderLoop follows leadership changes, drives the lessor while this member leads
-// (proposing session expiries and TTL checkpoints), and announces this member's client
-// address once.
+// leaderState is what this member knows of the leadership. It is replaced as a whole on
+// every change, and done is cancelled then, so that a call in flight can tell that the
+// leader it counted on is gone.
+type leaderState struct {
+	// leader is the leader's id, 0 when none is known.
+	leader uint64
+	// term is the Raft term of the change.
+	term uint64
+	// since is when the member last changed leader (for leader 0: since when it has had
+	// none).
+	since time.Time
+	// noQuorum is set while this member leads but has not confirmed a quorum within an
+	// election timeout.
+	noQuorum bool
+	// done is cancelled when the state is replaced.
+	done   context.Context
+	cancel context.CancelFunc
+}
+
+// setLead replaces the leader state with a copy changed by f and cancels the old one.
+func (s *Server) setLead(f func(*leaderState)) {
+	s.leadStateMu.Lock()
+	defer s.leadStateMu.Unlock()
+	old := s.lead.Load()
+	st := *old
+	f(&st)
+	st.done, st.cancel = context.WithCancel(context.Background())
+	s.lead.Store(&st)
+	old.cancel()
+}
+
+// followLeadership is the one consumer of the Raft node's leader changes: it publishes
+// them (leaderState, the leader and term in response headers), demotes the lessor at once
+// when this member loses leadership, and hands promotions to the session leader loop.
+func (s *Server) followLeadership(ctx context.Context) error {
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case lc := <-s.node.Leadership():
+			s.leadMu.Lock()
+			s.leader.Store(lc.Leader)
+			s.term.Store(lc.Term)
+			now := time.Now()
+			s.setLead(func(st *leaderState) {
+				if st.leader != lc.Leader {
+					st.since = now
+				}
+				st.leader, st.term, st.noQuorum = lc.Leader, lc.Term, false
+			})
+			if lc.IsLeader {
+				// Being elected is a confirmation: a majority voted for this member just now.
+				s.quorumAt.Store(now.UnixNano())
+			}
+			if leader, term := s.lessor.IsLeader(); leader && (!lc.IsLeader || term != lc.Term) {
+				s.lessor.Demote()
+				s.log.Info("lost leadership", "term", lc.Term, "leader", FormatID(lc.Leader))
+			}
+			s.leadMu.Unlock()
+			// The channel holds the latest change only.
+			select {
+			case s.changes <- lc:
+			default:
+				select {
+				case <-s.changes:
+				default:
+				}
+				s.changes <- lc
+			}
+		}
+	}
+}
+
+// leaderLoop drives the lessor while this member leads (promotion, session expiries and
+// TTL checkpoints) and announces this member's client address once.
 func (s *Server) leaderLoop(ctx context.Context) error {
 	announced := false
 	timer := time.NewTimer(0)
@@ -334,16 +499,9 @@ func (s *Server) leaderLoop(ctx context.Context) error {
 		select {
 		case <-ctx.Done():
 			return nil
-		case lc := <-s.node.Leadership():
-			s.leader.Store(lc.Leader)
-			s.term.Store(lc.Term)
-			isLeader, _ := s.lessor.IsLeader()
-			switch {
-			case lc.IsLeader && !isLeader:
+		case lc := <-s.changes:
+			if leader, term := s.lessor.IsLeader(); lc.IsLeader && (!leader || term != lc.Term) {
 				s.promote(ctx, lc.Term)
-			case !lc.IsLeader && isLeader:
-				s.lessor.Demote()
-				s.log.Info("lost leadership", "term", lc.Term, "leader", FormatID(lc.Leader))
 			}
 		case <-timer.C:
 		}
@@ -355,21 +513,110 @@ func (s *Server) leaderLoop(ctx context.Context) error {
 	}
 }
 
+// stillLeader reports whether the Raft node leads in term.
+func (s *Server) stillLeader(term uint64) bool {
+	st := s.node.Status()
+	return st.IsLeader && st.Term == term
+}
+
 // promote makes the lessor the leader's for term once every entry of the earlier terms is
-// applied (a ReadIndex barrier), then proposes the promotion checkpoint.
+// applied (a ReadIndex barrier), then proposes the promotion checkpoint. Nothing is
+// promoted when the member lost that leadership meanwhile or is stopping.
 func (s *Server) promote(ctx context.Context, term uint64) {
+	start := time.Now()
 	rctx, cancel := context.WithTimeout(ctx, s.cfg.RequestTimeout)
 	defer cancel()
 	if err := s.node.ReadIndex(rctx); err != nil {
 		s.log.Warn("promote: read barrier failed; will retry on the next leadership change", "term", term, "err", err)
 		return
 	}
+	s.leadMu.Lock()
+	if s.stopping.Load() || !s.stillLeader(term) {
+		s.leadMu.Unlock()
+		return
+	}
+	s.lessor.Confirm(start)
 	var cps []session.Checkpoint
 	s.machine.WithSessions(func(ss []tree.SessionInfo) {
 		cps = s.lessor.Promote(term, sessionStates(ss))
 	})
+	s.leadMu.Unlock()
 	s.log.Info("became leader", "term", term, "sessions", len(cps))
 	s.proposeCheckpoints(ctx, term, cps)
+}
+
+// leaseWindow is how long after a quorum confirmation the leader renews sessions: the
+// election timeout less two heartbeats (a follower that heard from the leader refuses to
+// elect another for an election timeout less at most one tick; the second heartbeat is
+// margin), at least one heartbeat.
+func (c *Config) leaseWindow() time.Duration {
+	return max(c.ElectionTimeout-2*c.HeartbeatInterval, c.HeartbeatInterval)
+}
+
+// confirmQuorum runs one ReadIndex round trip as the leader of term and, when a quorum
+// answered while this member still led in term, records it (lessor lease, quorumAt).
+func (s *Server) confirmQuorum(ctx context.Context, term uint64, timeout time.Duration) bool {
+	start := time.Now()
+	rctx, cancel := context.WithTimeout(ctx, timeout)
+	err := s.node.ReadIndex(rctx)
+	cancel()
+	if err != nil || !s.stillLeader(term) {
+		return false
+	}
+	s.lessor.Confirm(start)
+	for {
+		old := s.quorumAt.Load()
+		if old >= start.UnixNano() || s.quorumAt.CompareAndSwap(old, start.UnixNano()) {
+			break
+		}
+	}
+	if st := s.lead.Load(); st.noQuorum {
+		s.setLead(func(st *leaderState) { st.noQuorum = false })
+	}
+	return true
+}
+
+// maxProbes bounds the quorum probes in flight.
+const maxProbes = 8
+
+// leaseLoop confirms, every heartbeat while this member leads, that a quorum still
+// follows it (a ReadIndex round trip). The confirmations keep the lessor's lease, without
+// which keepalives are refused. Probes run concurrently (up to maxProbes), so that a slow
+// one does not delay the next. When none succeeded for an election timeout the member
+// marks itself without quorum, which fails writes and reads in flight at once instead of
+// letting them wait for the request timeout. It waits for its probes before returning.
+func (s *Server) leaseLoop(ctx context.Context) error {
+	var wg sync.WaitGroup
+	defer wg.Wait()
+	var inflight atomic.Int32
+	t := time.NewTicker(s.cfg.HeartbeatInterval)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-t.C:
+		}
+		st := s.node.Status()
+		if !st.IsLeader {
+			continue
+		}
+		if inflight.Load() < maxProbes {
+			inflight.Add(1)
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				defer inflight.Add(-1)
+				s.confirmQuorum(ctx, st.Term, s.cfg.ElectionTimeout)
+			}()
+		}
+		if time.Since(time.Unix(0, s.quorumAt.Load())) > s.cfg.ElectionTimeout {
+			if ls := s.lead.Load(); ls.leader == s.id && !ls.noQuorum {
+				s.log.Warn("leader cannot confirm a quorum; refusing writes and keepalives", "term", st.Term)
+				s.setLead(func(st *leaderState) { st.noQuorum = true })
+			}
+		}
+	}
 }
 
 func (s *Server) proposeCheckpoints(ctx context.Context, term uint64, cps []session.Checkpoint) {

@@ -50,6 +50,15 @@
 //   DEADLINE_EXCEEDED / CANCELLED  the caller's context ended.
 // Every error status carries the serving member's id in the trailer "berth-member-id" and,
 // when known, the leader's id in "berth-leader-id".
+//
+// Error details. Every error status that berth-coord makes carries a google.rpc.ErrorInfo
+// whose domain is "coord.berth.dev" and whose reason is the name of an ErrorReason value
+// ("ERROR_REASON_SESSION_NOT_FOUND"); branch on it where the code alone is ambiguous (the
+// FAILED_PRECONDITION and UNAVAILABLE cases). Its metadata may hold "member_id" and
+// "leader_id" (hex) and "session_id". INVALID_ARGUMENT statuses also carry a
+// google.rpc.BadRequest with one field violation whose field names the request field at
+// fault ("path", "ttl_ms", "compares[2].path", "success[0].put.path"); a field that ends
+// in "path" is a malformed path.
 
 package coordv1
 
@@ -182,6 +191,134 @@ func (x EventType) Number() protoreflect.EnumNumber {
 // Deprecated: Use EventType.Descriptor instead.
 func (EventType) EnumDescriptor() ([]byte, []int) {
 	return file_berth_coord_v1_coord_proto_rawDescGZIP(), []int{1}
+}
+
+// ErrorReason is the machine-readable cause of a failure. Its value's name is the reason of
+// the google.rpc.ErrorInfo detail (domain "coord.berth.dev") of every error status.
+// Values are only ever added.
+type ErrorReason int32
+
+const (
+	// ERROR_REASON_UNSPECIFIED is never sent.
+	ErrorReason_ERROR_REASON_UNSPECIFIED ErrorReason = 0
+	// ERROR_REASON_INVALID_PATH (INVALID_ARGUMENT): a malformed path; the BadRequest detail
+	// names the field.
+	ErrorReason_ERROR_REASON_INVALID_PATH ErrorReason = 1
+	// ERROR_REASON_INVALID_ARGUMENT (INVALID_ARGUMENT): any other malformed field; the
+	// BadRequest detail names it.
+	ErrorReason_ERROR_REASON_INVALID_ARGUMENT ErrorReason = 2
+	// ERROR_REASON_SESSION_NOT_FOUND (FAILED_PRECONDITION): the session named is unknown,
+	// closed or expired. Open a new session.
+	ErrorReason_ERROR_REASON_SESSION_NOT_FOUND ErrorReason = 3
+	// ERROR_REASON_REQUEST_ID_REUSED (FAILED_PRECONDITION): request_id was already used for a
+	// different request.
+	ErrorReason_ERROR_REASON_REQUEST_ID_REUSED ErrorReason = 4
+	// ERROR_REASON_LAST_MEMBER (FAILED_PRECONDITION): MemberRemove of the only member.
+	ErrorReason_ERROR_REASON_LAST_MEMBER ErrorReason = 5
+	// ERROR_REASON_NO_LEADER (UNAVAILABLE): the member has known no leader for longer than an
+	// election timeout (an election is failing, or the member is cut off from the majority).
+	// Retry on another member.
+	ErrorReason_ERROR_REASON_NO_LEADER ErrorReason = 6
+	// ERROR_REASON_NO_QUORUM (UNAVAILABLE): the member leads but has not heard from a majority
+	// within an election timeout; it is about to step down. Retry on another member.
+	ErrorReason_ERROR_REASON_NO_QUORUM ErrorReason = 7
+	// ERROR_REASON_NOT_LEADER (UNAVAILABLE): SessionKeepAlive reached a member that is not the
+	// leader; the LeaderDetail names the leader when there is one.
+	ErrorReason_ERROR_REASON_NOT_LEADER ErrorReason = 8
+	// ERROR_REASON_STOPPING (UNAVAILABLE): the member is shutting down; retry on another
+	// member (writes with the same request_id).
+	ErrorReason_ERROR_REASON_STOPPING ErrorReason = 9
+	// ERROR_REASON_NOT_COMMITTED (UNAVAILABLE): the write was not committed in time, or the
+	// leader changed while it was in flight and it has no request_id; its outcome is unknown.
+	// Retry with the same request_id.
+	ErrorReason_ERROR_REASON_NOT_COMMITTED ErrorReason = 10
+	// ERROR_REASON_WATCH_COMPACTED (OUT_OF_RANGE): see CompactedDetail.
+	ErrorReason_ERROR_REASON_WATCH_COMPACTED ErrorReason = 11
+	// ERROR_REASON_WATCH_OVERFLOW (RESOURCE_EXHAUSTED): the watcher fell behind; see
+	// ResumeDetail.
+	ErrorReason_ERROR_REASON_WATCH_OVERFLOW ErrorReason = 12
+	// ERROR_REASON_TOO_LARGE (RESOURCE_EXHAUSTED): a value or request over its size limit.
+	ErrorReason_ERROR_REASON_TOO_LARGE ErrorReason = 13
+	// ERROR_REASON_NOT_FOUND (NOT_FOUND): the node or member named does not exist.
+	ErrorReason_ERROR_REASON_NOT_FOUND ErrorReason = 14
+	// ERROR_REASON_VERSION_MISMATCH (ABORTED): a compare-and-swap failed.
+	ErrorReason_ERROR_REASON_VERSION_MISMATCH ErrorReason = 15
+	// ERROR_REASON_MEMBER_EXISTS (ALREADY_EXISTS): MemberAdd of a member that is, or was, in
+	// the cluster.
+	ErrorReason_ERROR_REASON_MEMBER_EXISTS ErrorReason = 16
+	// ERROR_REASON_INTERNAL (INTERNAL): a bug or damaged data; see the message.
+	ErrorReason_ERROR_REASON_INTERNAL ErrorReason = 17
+)
+
+// Enum value maps for ErrorReason.
+var (
+	ErrorReason_name = map[int32]string{
+		0:  "ERROR_REASON_UNSPECIFIED",
+		1:  "ERROR_REASON_INVALID_PATH",
+		2:  "ERROR_REASON_INVALID_ARGUMENT",
+		3:  "ERROR_REASON_SESSION_NOT_FOUND",
+		4:  "ERROR_REASON_REQUEST_ID_REUSED",
+		5:  "ERROR_REASON_LAST_MEMBER",
+		6:  "ERROR_REASON_NO_LEADER",
+		7:  "ERROR_REASON_NO_QUORUM",
+		8:  "ERROR_REASON_NOT_LEADER",
+		9:  "ERROR_REASON_STOPPING",
+		10: "ERROR_REASON_NOT_COMMITTED",
+		11: "ERROR_REASON_WATCH_COMPACTED",
+		12: "ERROR_REASON_WATCH_OVERFLOW",
+		13: "ERROR_REASON_TOO_LARGE",
+		14: "ERROR_REASON_NOT_FOUND",
+		15: "ERROR_REASON_VERSION_MISMATCH",
+		16: "ERROR_REASON_MEMBER_EXISTS",
+		17: "ERROR_REASON_INTERNAL",
+	}
+	ErrorReason_value = map[string]int32{
+		"ERROR_REASON_UNSPECIFIED":       0,
+		"ERROR_REASON_INVALID_PATH":      1,
+		"ERROR_REASON_INVALID_ARGUMENT":  2,
+		"ERROR_REASON_SESSION_NOT_FOUND": 3,
+		"ERROR_REASON_REQUEST_ID_REUSED": 4,
+		"ERROR_REASON_LAST_MEMBER":       5,
+		"ERROR_REASON_NO_LEADER":         6,
+		"ERROR_REASON_NO_QUORUM":         7,
+		"ERROR_REASON_NOT_LEADER":        8,
+		"ERROR_REASON_STOPPING":          9,
+		"ERROR_REASON_NOT_COMMITTED":     10,
+		"ERROR_REASON_WATCH_COMPACTED":   11,
+		"ERROR_REASON_WATCH_OVERFLOW":    12,
+		"ERROR_REASON_TOO_LARGE":         13,
+		"ERROR_REASON_NOT_FOUND":         14,
+		"ERROR_REASON_VERSION_MISMATCH":  15,
+		"ERROR_REASON_MEMBER_EXISTS":     16,
+		"ERROR_REASON_INTERNAL":          17,
+	}
+)
+
+func (x ErrorReason) Enum() *ErrorReason {
+	p := new(ErrorReason)
+	*p = x
+	return p
+}
+
+func (x ErrorReason) String() string {
+	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
+}
+
+func (ErrorReason) Descriptor() protoreflect.EnumDescriptor {
+	return file_berth_coord_v1_coord_proto_enumTypes[2].Descriptor()
+}
+
+func (ErrorReason) Type() protoreflect.EnumType {
+	return &file_berth_coord_v1_coord_proto_enumTypes[2]
+}
+
+func (x ErrorReason) Number() protoreflect.EnumNumber {
+	return protoreflect.EnumNumber(x)
+}
+
+// Deprecated: Use ErrorReason.Descriptor instead.
+func (ErrorReason) EnumDescriptor() ([]byte, []int) {
+	return file_berth_coord_v1_coord_proto_rawDescGZIP(), []int{2}
 }
 
 // ResponseHeader comes first in every response.
@@ -2497,7 +2634,12 @@ type MemberAddRequest struct {
 	// name is the new member's name; its id is derived from it.
 	Name string `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
 	// peer_addr is the host:port where the new member will serve Raft peers.
-	PeerAddr      string `protobuf:"bytes,2,opt,name=peer_addr,json=peerAddr,proto3" json:"peer_addr,omitempty"`
+	PeerAddr string `protobuf:"bytes,2,opt,name=peer_addr,json=peerAddr,proto3" json:"peer_addr,omitempty"`
+	// request_id, when set, makes a retry safe: a retry with the same request_id (and the
+	// same fields) succeeds when the member it adds is already in the cluster with the same
+	// peer address, instead of failing with ALREADY_EXISTS. Reusing it for a different
+	// request is FAILED_PRECONDITION.
+	RequestId     string `protobuf:"bytes,3,opt,name=request_id,json=requestId,proto3" json:"request_id,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -2542,6 +2684,13 @@ func (x *MemberAddRequest) GetName() string {
 func (x *MemberAddRequest) GetPeerAddr() string {
 	if x != nil {
 		return x.PeerAddr
+	}
+	return ""
+}
+
+func (x *MemberAddRequest) GetRequestId() string {
+	if x != nil {
+		return x.RequestId
 	}
 	return ""
 }
@@ -2624,7 +2773,10 @@ func (x *MemberAddResponse) GetClusterId() uint64 {
 type MemberRemoveRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// id is the member to remove.
-	Id            uint64 `protobuf:"varint,1,opt,name=id,proto3" json:"id,omitempty"`
+	Id uint64 `protobuf:"varint,1,opt,name=id,proto3" json:"id,omitempty"`
+	// request_id, when set, makes a retry safe: a retry with the same request_id succeeds
+	// when the member is already gone, instead of failing with NOT_FOUND.
+	RequestId     string `protobuf:"bytes,2,opt,name=request_id,json=requestId,proto3" json:"request_id,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -2664,6 +2816,13 @@ func (x *MemberRemoveRequest) GetId() uint64 {
 		return x.Id
 	}
 	return 0
+}
+
+func (x *MemberRemoveRequest) GetRequestId() string {
+	if x != nil {
+		return x.RequestId
+	}
+	return ""
 }
 
 // MemberRemoveResponse reports a removal.
@@ -3142,18 +3301,22 @@ const file_berth_coord_v1_coord_proto_rawDesc = "" +
 	"\x0eMembersRequest\"{\n" +
 	"\x0fMembersResponse\x126\n" +
 	"\x06header\x18\x01 \x01(\v2\x1e.berth.coord.v1.ResponseHeaderR\x06header\x120\n" +
-	"\amembers\x18\x02 \x03(\v2\x16.berth.coord.v1.MemberR\amembers\"C\n" +
+	"\amembers\x18\x02 \x03(\v2\x16.berth.coord.v1.MemberR\amembers\"b\n" +
 	"\x10MemberAddRequest\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x1b\n" +
-	"\tpeer_addr\x18\x02 \x01(\tR\bpeerAddr\"\xcc\x01\n" +
+	"\tpeer_addr\x18\x02 \x01(\tR\bpeerAddr\x12\x1d\n" +
+	"\n" +
+	"request_id\x18\x03 \x01(\tR\trequestId\"\xcc\x01\n" +
 	"\x11MemberAddResponse\x126\n" +
 	"\x06header\x18\x01 \x01(\v2\x1e.berth.coord.v1.ResponseHeaderR\x06header\x12.\n" +
 	"\x06member\x18\x02 \x01(\v2\x16.berth.coord.v1.MemberR\x06member\x120\n" +
 	"\amembers\x18\x03 \x03(\v2\x16.berth.coord.v1.MemberR\amembers\x12\x1d\n" +
 	"\n" +
-	"cluster_id\x18\x04 \x01(\x04R\tclusterId\"%\n" +
+	"cluster_id\x18\x04 \x01(\x04R\tclusterId\"D\n" +
 	"\x13MemberRemoveRequest\x12\x0e\n" +
-	"\x02id\x18\x01 \x01(\x04R\x02id\"\x80\x01\n" +
+	"\x02id\x18\x01 \x01(\x04R\x02id\x12\x1d\n" +
+	"\n" +
+	"request_id\x18\x02 \x01(\tR\trequestId\"\x80\x01\n" +
 	"\x14MemberRemoveResponse\x126\n" +
 	"\x06header\x18\x01 \x01(\v2\x1e.berth.coord.v1.ResponseHeaderR\x06header\x120\n" +
 	"\amembers\x18\x02 \x03(\v2\x16.berth.coord.v1.MemberR\amembers\"\x0f\n" +
@@ -3184,7 +3347,27 @@ const file_berth_coord_v1_coord_proto_rawDesc = "" +
 	"\tEventType\x12\x1a\n" +
 	"\x16EVENT_TYPE_UNSPECIFIED\x10\x00\x12\x12\n" +
 	"\x0eEVENT_TYPE_PUT\x10\x01\x12\x15\n" +
-	"\x11EVENT_TYPE_DELETE\x10\x022\xd3\b\n" +
+	"\x11EVENT_TYPE_DELETE\x10\x02*\xbc\x04\n" +
+	"\vErrorReason\x12\x1c\n" +
+	"\x18ERROR_REASON_UNSPECIFIED\x10\x00\x12\x1d\n" +
+	"\x19ERROR_REASON_INVALID_PATH\x10\x01\x12!\n" +
+	"\x1dERROR_REASON_INVALID_ARGUMENT\x10\x02\x12\"\n" +
+	"\x1eERROR_REASON_SESSION_NOT_FOUND\x10\x03\x12\"\n" +
+	"\x1eERROR_REASON_REQUEST_ID_REUSED\x10\x04\x12\x1c\n" +
+	"\x18ERROR_REASON_LAST_MEMBER\x10\x05\x12\x1a\n" +
+	"\x16ERROR_REASON_NO_LEADER\x10\x06\x12\x1a\n" +
+	"\x16ERROR_REASON_NO_QUORUM\x10\a\x12\x1b\n" +
+	"\x17ERROR_REASON_NOT_LEADER\x10\b\x12\x19\n" +
+	"\x15ERROR_REASON_STOPPING\x10\t\x12\x1e\n" +
+	"\x1aERROR_REASON_NOT_COMMITTED\x10\n" +
+	"\x12 \n" +
+	"\x1cERROR_REASON_WATCH_COMPACTED\x10\v\x12\x1f\n" +
+	"\x1bERROR_REASON_WATCH_OVERFLOW\x10\f\x12\x1a\n" +
+	"\x16ERROR_REASON_TOO_LARGE\x10\r\x12\x1a\n" +
+	"\x16ERROR_REASON_NOT_FOUND\x10\x0e\x12!\n" +
+	"\x1dERROR_REASON_VERSION_MISMATCH\x10\x0f\x12\x1e\n" +
+	"\x1aERROR_REASON_MEMBER_EXISTS\x10\x10\x12\x19\n" +
+	"\x15ERROR_REASON_INTERNAL\x10\x112\xd3\b\n" +
 	"\fCoordService\x12>\n" +
 	"\x03Get\x12\x1a.berth.coord.v1.GetRequest\x1a\x1b.berth.coord.v1.GetResponse\x12A\n" +
 	"\x04List\x12\x1b.berth.coord.v1.ListRequest\x1a\x1c.berth.coord.v1.ListResponse\x12>\n" +
@@ -3213,117 +3396,118 @@ func file_berth_coord_v1_coord_proto_rawDescGZIP() []byte {
 	return file_berth_coord_v1_coord_proto_rawDescData
 }
 
-var file_berth_coord_v1_coord_proto_enumTypes = make([]protoimpl.EnumInfo, 2)
+var file_berth_coord_v1_coord_proto_enumTypes = make([]protoimpl.EnumInfo, 3)
 var file_berth_coord_v1_coord_proto_msgTypes = make([]protoimpl.MessageInfo, 41)
 var file_berth_coord_v1_coord_proto_goTypes = []any{
 	(CompareResult)(0),               // 0: berth.coord.v1.CompareResult
 	(EventType)(0),                   // 1: berth.coord.v1.EventType
-	(*ResponseHeader)(nil),           // 2: berth.coord.v1.ResponseHeader
-	(*Node)(nil),                     // 3: berth.coord.v1.Node
-	(*GetRequest)(nil),               // 4: berth.coord.v1.GetRequest
-	(*GetResponse)(nil),              // 5: berth.coord.v1.GetResponse
-	(*ListRequest)(nil),              // 6: berth.coord.v1.ListRequest
-	(*ListResponse)(nil),             // 7: berth.coord.v1.ListResponse
-	(*PutRequest)(nil),               // 8: berth.coord.v1.PutRequest
-	(*PutResponse)(nil),              // 9: berth.coord.v1.PutResponse
-	(*DeleteRequest)(nil),            // 10: berth.coord.v1.DeleteRequest
-	(*DeleteResponse)(nil),           // 11: berth.coord.v1.DeleteResponse
-	(*Compare)(nil),                  // 12: berth.coord.v1.Compare
-	(*PutOp)(nil),                    // 13: berth.coord.v1.PutOp
-	(*DeleteOp)(nil),                 // 14: berth.coord.v1.DeleteOp
-	(*GetOp)(nil),                    // 15: berth.coord.v1.GetOp
-	(*Op)(nil),                       // 16: berth.coord.v1.Op
-	(*OpResult)(nil),                 // 17: berth.coord.v1.OpResult
-	(*TxnRequest)(nil),               // 18: berth.coord.v1.TxnRequest
-	(*TxnResponse)(nil),              // 19: berth.coord.v1.TxnResponse
-	(*WatchRequest)(nil),             // 20: berth.coord.v1.WatchRequest
-	(*Event)(nil),                    // 21: berth.coord.v1.Event
-	(*WatchResponse)(nil),            // 22: berth.coord.v1.WatchResponse
-	(*CompactedDetail)(nil),          // 23: berth.coord.v1.CompactedDetail
-	(*ResumeDetail)(nil),             // 24: berth.coord.v1.ResumeDetail
-	(*LeaderDetail)(nil),             // 25: berth.coord.v1.LeaderDetail
-	(*SessionOpenRequest)(nil),       // 26: berth.coord.v1.SessionOpenRequest
-	(*SessionOpenResponse)(nil),      // 27: berth.coord.v1.SessionOpenResponse
-	(*SessionKeepAliveRequest)(nil),  // 28: berth.coord.v1.SessionKeepAliveRequest
-	(*SessionKeepAliveResponse)(nil), // 29: berth.coord.v1.SessionKeepAliveResponse
-	(*SessionCloseRequest)(nil),      // 30: berth.coord.v1.SessionCloseRequest
-	(*SessionCloseResponse)(nil),     // 31: berth.coord.v1.SessionCloseResponse
-	(*Member)(nil),                   // 32: berth.coord.v1.Member
-	(*MembersRequest)(nil),           // 33: berth.coord.v1.MembersRequest
-	(*MembersResponse)(nil),          // 34: berth.coord.v1.MembersResponse
-	(*MemberAddRequest)(nil),         // 35: berth.coord.v1.MemberAddRequest
-	(*MemberAddResponse)(nil),        // 36: berth.coord.v1.MemberAddResponse
-	(*MemberRemoveRequest)(nil),      // 37: berth.coord.v1.MemberRemoveRequest
-	(*MemberRemoveResponse)(nil),     // 38: berth.coord.v1.MemberRemoveResponse
-	(*StatusRequest)(nil),            // 39: berth.coord.v1.StatusRequest
-	(*StatusResponse)(nil),           // 40: berth.coord.v1.StatusResponse
-	(*SnapshotRequest)(nil),          // 41: berth.coord.v1.SnapshotRequest
-	(*SnapshotResponse)(nil),         // 42: berth.coord.v1.SnapshotResponse
+	(ErrorReason)(0),                 // 2: berth.coord.v1.ErrorReason
+	(*ResponseHeader)(nil),           // 3: berth.coord.v1.ResponseHeader
+	(*Node)(nil),                     // 4: berth.coord.v1.Node
+	(*GetRequest)(nil),               // 5: berth.coord.v1.GetRequest
+	(*GetResponse)(nil),              // 6: berth.coord.v1.GetResponse
+	(*ListRequest)(nil),              // 7: berth.coord.v1.ListRequest
+	(*ListResponse)(nil),             // 8: berth.coord.v1.ListResponse
+	(*PutRequest)(nil),               // 9: berth.coord.v1.PutRequest
+	(*PutResponse)(nil),              // 10: berth.coord.v1.PutResponse
+	(*DeleteRequest)(nil),            // 11: berth.coord.v1.DeleteRequest
+	(*DeleteResponse)(nil),           // 12: berth.coord.v1.DeleteResponse
+	(*Compare)(nil),                  // 13: berth.coord.v1.Compare
+	(*PutOp)(nil),                    // 14: berth.coord.v1.PutOp
+	(*DeleteOp)(nil),                 // 15: berth.coord.v1.DeleteOp
+	(*GetOp)(nil),                    // 16: berth.coord.v1.GetOp
+	(*Op)(nil),                       // 17: berth.coord.v1.Op
+	(*OpResult)(nil),                 // 18: berth.coord.v1.OpResult
+	(*TxnRequest)(nil),               // 19: berth.coord.v1.TxnRequest
+	(*TxnResponse)(nil),              // 20: berth.coord.v1.TxnResponse
+	(*WatchRequest)(nil),             // 21: berth.coord.v1.WatchRequest
+	(*Event)(nil),                    // 22: berth.coord.v1.Event
+	(*WatchResponse)(nil),            // 23: berth.coord.v1.WatchResponse
+	(*CompactedDetail)(nil),          // 24: berth.coord.v1.CompactedDetail
+	(*ResumeDetail)(nil),             // 25: berth.coord.v1.ResumeDetail
+	(*LeaderDetail)(nil),             // 26: berth.coord.v1.LeaderDetail
+	(*SessionOpenRequest)(nil),       // 27: berth.coord.v1.SessionOpenRequest
+	(*SessionOpenResponse)(nil),      // 28: berth.coord.v1.SessionOpenResponse
+	(*SessionKeepAliveRequest)(nil),  // 29: berth.coord.v1.SessionKeepAliveRequest
+	(*SessionKeepAliveResponse)(nil), // 30: berth.coord.v1.SessionKeepAliveResponse
+	(*SessionCloseRequest)(nil),      // 31: berth.coord.v1.SessionCloseRequest
+	(*SessionCloseResponse)(nil),     // 32: berth.coord.v1.SessionCloseResponse
+	(*Member)(nil),                   // 33: berth.coord.v1.Member
+	(*MembersRequest)(nil),           // 34: berth.coord.v1.MembersRequest
+	(*MembersResponse)(nil),          // 35: berth.coord.v1.MembersResponse
+	(*MemberAddRequest)(nil),         // 36: berth.coord.v1.MemberAddRequest
+	(*MemberAddResponse)(nil),        // 37: berth.coord.v1.MemberAddResponse
+	(*MemberRemoveRequest)(nil),      // 38: berth.coord.v1.MemberRemoveRequest
+	(*MemberRemoveResponse)(nil),     // 39: berth.coord.v1.MemberRemoveResponse
+	(*StatusRequest)(nil),            // 40: berth.coord.v1.StatusRequest
+	(*StatusResponse)(nil),           // 41: berth.coord.v1.StatusResponse
+	(*SnapshotRequest)(nil),          // 42: berth.coord.v1.SnapshotRequest
+	(*SnapshotResponse)(nil),         // 43: berth.coord.v1.SnapshotResponse
 }
 var file_berth_coord_v1_coord_proto_depIdxs = []int32{
-	2,  // 0: berth.coord.v1.GetResponse.header:type_name -> berth.coord.v1.ResponseHeader
-	3,  // 1: berth.coord.v1.GetResponse.node:type_name -> berth.coord.v1.Node
-	2,  // 2: berth.coord.v1.ListResponse.header:type_name -> berth.coord.v1.ResponseHeader
-	3,  // 3: berth.coord.v1.ListResponse.nodes:type_name -> berth.coord.v1.Node
-	2,  // 4: berth.coord.v1.PutResponse.header:type_name -> berth.coord.v1.ResponseHeader
-	3,  // 5: berth.coord.v1.PutResponse.node:type_name -> berth.coord.v1.Node
-	2,  // 6: berth.coord.v1.DeleteResponse.header:type_name -> berth.coord.v1.ResponseHeader
+	3,  // 0: berth.coord.v1.GetResponse.header:type_name -> berth.coord.v1.ResponseHeader
+	4,  // 1: berth.coord.v1.GetResponse.node:type_name -> berth.coord.v1.Node
+	3,  // 2: berth.coord.v1.ListResponse.header:type_name -> berth.coord.v1.ResponseHeader
+	4,  // 3: berth.coord.v1.ListResponse.nodes:type_name -> berth.coord.v1.Node
+	3,  // 4: berth.coord.v1.PutResponse.header:type_name -> berth.coord.v1.ResponseHeader
+	4,  // 5: berth.coord.v1.PutResponse.node:type_name -> berth.coord.v1.Node
+	3,  // 6: berth.coord.v1.DeleteResponse.header:type_name -> berth.coord.v1.ResponseHeader
 	0,  // 7: berth.coord.v1.Compare.result:type_name -> berth.coord.v1.CompareResult
-	13, // 8: berth.coord.v1.Op.put:type_name -> berth.coord.v1.PutOp
-	14, // 9: berth.coord.v1.Op.delete:type_name -> berth.coord.v1.DeleteOp
-	15, // 10: berth.coord.v1.Op.get:type_name -> berth.coord.v1.GetOp
-	3,  // 11: berth.coord.v1.OpResult.put:type_name -> berth.coord.v1.Node
-	3,  // 12: berth.coord.v1.OpResult.get:type_name -> berth.coord.v1.Node
-	12, // 13: berth.coord.v1.TxnRequest.compares:type_name -> berth.coord.v1.Compare
-	16, // 14: berth.coord.v1.TxnRequest.success:type_name -> berth.coord.v1.Op
-	16, // 15: berth.coord.v1.TxnRequest.failure:type_name -> berth.coord.v1.Op
-	2,  // 16: berth.coord.v1.TxnResponse.header:type_name -> berth.coord.v1.ResponseHeader
-	17, // 17: berth.coord.v1.TxnResponse.results:type_name -> berth.coord.v1.OpResult
+	14, // 8: berth.coord.v1.Op.put:type_name -> berth.coord.v1.PutOp
+	15, // 9: berth.coord.v1.Op.delete:type_name -> berth.coord.v1.DeleteOp
+	16, // 10: berth.coord.v1.Op.get:type_name -> berth.coord.v1.GetOp
+	4,  // 11: berth.coord.v1.OpResult.put:type_name -> berth.coord.v1.Node
+	4,  // 12: berth.coord.v1.OpResult.get:type_name -> berth.coord.v1.Node
+	13, // 13: berth.coord.v1.TxnRequest.compares:type_name -> berth.coord.v1.Compare
+	17, // 14: berth.coord.v1.TxnRequest.success:type_name -> berth.coord.v1.Op
+	17, // 15: berth.coord.v1.TxnRequest.failure:type_name -> berth.coord.v1.Op
+	3,  // 16: berth.coord.v1.TxnResponse.header:type_name -> berth.coord.v1.ResponseHeader
+	18, // 17: berth.coord.v1.TxnResponse.results:type_name -> berth.coord.v1.OpResult
 	1,  // 18: berth.coord.v1.Event.type:type_name -> berth.coord.v1.EventType
-	3,  // 19: berth.coord.v1.Event.node:type_name -> berth.coord.v1.Node
-	3,  // 20: berth.coord.v1.Event.prev_node:type_name -> berth.coord.v1.Node
-	2,  // 21: berth.coord.v1.WatchResponse.header:type_name -> berth.coord.v1.ResponseHeader
-	21, // 22: berth.coord.v1.WatchResponse.events:type_name -> berth.coord.v1.Event
-	2,  // 23: berth.coord.v1.SessionOpenResponse.header:type_name -> berth.coord.v1.ResponseHeader
-	2,  // 24: berth.coord.v1.SessionKeepAliveResponse.header:type_name -> berth.coord.v1.ResponseHeader
-	2,  // 25: berth.coord.v1.SessionCloseResponse.header:type_name -> berth.coord.v1.ResponseHeader
-	2,  // 26: berth.coord.v1.MembersResponse.header:type_name -> berth.coord.v1.ResponseHeader
-	32, // 27: berth.coord.v1.MembersResponse.members:type_name -> berth.coord.v1.Member
-	2,  // 28: berth.coord.v1.MemberAddResponse.header:type_name -> berth.coord.v1.ResponseHeader
-	32, // 29: berth.coord.v1.MemberAddResponse.member:type_name -> berth.coord.v1.Member
-	32, // 30: berth.coord.v1.MemberAddResponse.members:type_name -> berth.coord.v1.Member
-	2,  // 31: berth.coord.v1.MemberRemoveResponse.header:type_name -> berth.coord.v1.ResponseHeader
-	32, // 32: berth.coord.v1.MemberRemoveResponse.members:type_name -> berth.coord.v1.Member
-	2,  // 33: berth.coord.v1.StatusResponse.header:type_name -> berth.coord.v1.ResponseHeader
-	2,  // 34: berth.coord.v1.SnapshotResponse.header:type_name -> berth.coord.v1.ResponseHeader
-	4,  // 35: berth.coord.v1.CoordService.Get:input_type -> berth.coord.v1.GetRequest
-	6,  // 36: berth.coord.v1.CoordService.List:input_type -> berth.coord.v1.ListRequest
-	8,  // 37: berth.coord.v1.CoordService.Put:input_type -> berth.coord.v1.PutRequest
-	10, // 38: berth.coord.v1.CoordService.Delete:input_type -> berth.coord.v1.DeleteRequest
-	18, // 39: berth.coord.v1.CoordService.Txn:input_type -> berth.coord.v1.TxnRequest
-	20, // 40: berth.coord.v1.CoordService.Watch:input_type -> berth.coord.v1.WatchRequest
-	26, // 41: berth.coord.v1.CoordService.SessionOpen:input_type -> berth.coord.v1.SessionOpenRequest
-	28, // 42: berth.coord.v1.CoordService.SessionKeepAlive:input_type -> berth.coord.v1.SessionKeepAliveRequest
-	30, // 43: berth.coord.v1.CoordService.SessionClose:input_type -> berth.coord.v1.SessionCloseRequest
-	33, // 44: berth.coord.v1.CoordService.Members:input_type -> berth.coord.v1.MembersRequest
-	35, // 45: berth.coord.v1.CoordService.MemberAdd:input_type -> berth.coord.v1.MemberAddRequest
-	37, // 46: berth.coord.v1.CoordService.MemberRemove:input_type -> berth.coord.v1.MemberRemoveRequest
-	39, // 47: berth.coord.v1.CoordService.Status:input_type -> berth.coord.v1.StatusRequest
-	41, // 48: berth.coord.v1.CoordService.Snapshot:input_type -> berth.coord.v1.SnapshotRequest
-	5,  // 49: berth.coord.v1.CoordService.Get:output_type -> berth.coord.v1.GetResponse
-	7,  // 50: berth.coord.v1.CoordService.List:output_type -> berth.coord.v1.ListResponse
-	9,  // 51: berth.coord.v1.CoordService.Put:output_type -> berth.coord.v1.PutResponse
-	11, // 52: berth.coord.v1.CoordService.Delete:output_type -> berth.coord.v1.DeleteResponse
-	19, // 53: berth.coord.v1.CoordService.Txn:output_type -> berth.coord.v1.TxnResponse
-	22, // 54: berth.coord.v1.CoordService.Watch:output_type -> berth.coord.v1.WatchResponse
-	27, // 55: berth.coord.v1.CoordService.SessionOpen:output_type -> berth.coord.v1.SessionOpenResponse
-	29, // 56: berth.coord.v1.CoordService.SessionKeepAlive:output_type -> berth.coord.v1.SessionKeepAliveResponse
-	31, // 57: berth.coord.v1.CoordService.SessionClose:output_type -> berth.coord.v1.SessionCloseResponse
-	34, // 58: berth.coord.v1.CoordService.Members:output_type -> berth.coord.v1.MembersResponse
-	36, // 59: berth.coord.v1.CoordService.MemberAdd:output_type -> berth.coord.v1.MemberAddResponse
-	38, // 60: berth.coord.v1.CoordService.MemberRemove:output_type -> berth.coord.v1.MemberRemoveResponse
-	40, // 61: berth.coord.v1.CoordService.Status:output_type -> berth.coord.v1.StatusResponse
-	42, // 62: berth.coord.v1.CoordService.Snapshot:output_type -> berth.coord.v1.SnapshotResponse
+	4,  // 19: berth.coord.v1.Event.node:type_name -> berth.coord.v1.Node
+	4,  // 20: berth.coord.v1.Event.prev_node:type_name -> berth.coord.v1.Node
+	3,  // 21: berth.coord.v1.WatchResponse.header:type_name -> berth.coord.v1.ResponseHeader
+	22, // 22: berth.coord.v1.WatchResponse.events:type_name -> berth.coord.v1.Event
+	3,  // 23: berth.coord.v1.SessionOpenResponse.header:type_name -> berth.coord.v1.ResponseHeader
+	3,  // 24: berth.coord.v1.SessionKeepAliveResponse.header:type_name -> berth.coord.v1.ResponseHeader
+	3,  // 25: berth.coord.v1.SessionCloseResponse.header:type_name -> berth.coord.v1.ResponseHeader
+	3,  // 26: berth.coord.v1.MembersResponse.header:type_name -> berth.coord.v1.ResponseHeader
+	33, // 27: berth.coord.v1.MembersResponse.members:type_name -> berth.coord.v1.Member
+	3,  // 28: berth.coord.v1.MemberAddResponse.header:type_name -> berth.coord.v1.ResponseHeader
+	33, // 29: berth.coord.v1.MemberAddResponse.member:type_name -> berth.coord.v1.Member
+	33, // 30: berth.coord.v1.MemberAddResponse.members:type_name -> berth.coord.v1.Member
+	3,  // 31: berth.coord.v1.MemberRemoveResponse.header:type_name -> berth.coord.v1.ResponseHeader
+	33, // 32: berth.coord.v1.MemberRemoveResponse.members:type_name -> berth.coord.v1.Member
+	3,  // 33: berth.coord.v1.StatusResponse.header:type_name -> berth.coord.v1.ResponseHeader
+	3,  // 34: berth.coord.v1.SnapshotResponse.header:type_name -> berth.coord.v1.ResponseHeader
+	5,  // 35: berth.coord.v1.CoordService.Get:input_type -> berth.coord.v1.GetRequest
+	7,  // 36: berth.coord.v1.CoordService.List:input_type -> berth.coord.v1.ListRequest
+	9,  // 37: berth.coord.v1.CoordService.Put:input_type -> berth.coord.v1.PutRequest
+	11, // 38: berth.coord.v1.CoordService.Delete:input_type -> berth.coord.v1.DeleteRequest
+	19, // 39: berth.coord.v1.CoordService.Txn:input_type -> berth.coord.v1.TxnRequest
+	21, // 40: berth.coord.v1.CoordService.Watch:input_type -> berth.coord.v1.WatchRequest
+	27, // 41: berth.coord.v1.CoordService.SessionOpen:input_type -> berth.coord.v1.SessionOpenRequest
+	29, // 42: berth.coord.v1.CoordService.SessionKeepAlive:input_type -> berth.coord.v1.SessionKeepAliveRequest
+	31, // 43: berth.coord.v1.CoordService.SessionClose:input_type -> berth.coord.v1.SessionCloseRequest
+	34, // 44: berth.coord.v1.CoordService.Members:input_type -> berth.coord.v1.MembersRequest
+	36, // 45: berth.coord.v1.CoordService.MemberAdd:input_type -> berth.coord.v1.MemberAddRequest
+	38, // 46: berth.coord.v1.CoordService.MemberRemove:input_type -> berth.coord.v1.MemberRemoveRequest
+	40, // 47: berth.coord.v1.CoordService.Status:input_type -> berth.coord.v1.StatusRequest
+	42, // 48: berth.coord.v1.CoordService.Snapshot:input_type -> berth.coord.v1.SnapshotRequest
+	6,  // 49: berth.coord.v1.CoordService.Get:output_type -> berth.coord.v1.GetResponse
+	8,  // 50: berth.coord.v1.CoordService.List:output_type -> berth.coord.v1.ListResponse
+	10, // 51: berth.coord.v1.CoordService.Put:output_type -> berth.coord.v1.PutResponse
+	12, // 52: berth.coord.v1.CoordService.Delete:output_type -> berth.coord.v1.DeleteResponse
+	20, // 53: berth.coord.v1.CoordService.Txn:output_type -> berth.coord.v1.TxnResponse
+	23, // 54: berth.coord.v1.CoordService.Watch:output_type -> berth.coord.v1.WatchResponse
+	28, // 55: berth.coord.v1.CoordService.SessionOpen:output_type -> berth.coord.v1.SessionOpenResponse
+	30, // 56: berth.coord.v1.CoordService.SessionKeepAlive:output_type -> berth.coord.v1.SessionKeepAliveResponse
+	32, // 57: berth.coord.v1.CoordService.SessionClose:output_type -> berth.coord.v1.SessionCloseResponse
+	35, // 58: berth.coord.v1.CoordService.Members:output_type -> berth.coord.v1.MembersResponse
+	37, // 59: berth.coord.v1.CoordService.MemberAdd:output_type -> berth.coord.v1.MemberAddResponse
+	39, // 60: berth.coord.v1.CoordService.MemberRemove:output_type -> berth.coord.v1.MemberRemoveResponse
+	41, // 61: berth.coord.v1.CoordService.Status:output_type -> berth.coord.v1.StatusResponse
+	43, // 62: berth.coord.v1.CoordService.Snapshot:output_type -> berth.coord.v1.SnapshotResponse
 	49, // [49:63] is the sub-list for method output_type
 	35, // [35:49] is the sub-list for method input_type
 	35, // [35:35] is the sub-list for extension type_name
@@ -3360,7 +3544,7 @@ func file_berth_coord_v1_coord_proto_init() {
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_berth_coord_v1_coord_proto_rawDesc), len(file_berth_coord_v1_coord_proto_rawDesc)),
-			NumEnums:      2,
+			NumEnums:      3,
 			NumMessages:   41,
 			NumExtensions: 0,
 			NumServices:   1,

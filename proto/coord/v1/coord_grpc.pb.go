@@ -50,6 +50,15 @@
 //   DEADLINE_EXCEEDED / CANCELLED  the caller's context ended.
 // Every error status carries the serving member's id in the trailer "berth-member-id" and,
 // when known, the leader's id in "berth-leader-id".
+//
+// Error details. Every error status that berth-coord makes carries a google.rpc.ErrorInfo
+// whose domain is "coord.berth.dev" and whose reason is the name of an ErrorReason value
+// ("ERROR_REASON_SESSION_NOT_FOUND"); branch on it where the code alone is ambiguous (the
+// FAILED_PRECONDITION and UNAVAILABLE cases). Its metadata may hold "member_id" and
+// "leader_id" (hex) and "session_id". INVALID_ARGUMENT statuses also carry a
+// google.rpc.BadRequest with one field violation whose field names the request field at
+// fault ("path", "ttl_ms", "compares[2].path", "success[0].put.path"); a field that ends
+// in "path" is a malformed path.
 
 package coordv1
 

@@ -34,7 +34,17 @@ func NewRoot() *cobra.Command {
 		newVersionCmd(),
 		newDevCmd(),
 		newEventsCmd(),
+		newInstancesCmd(),
+		newResolveCmd(),
+		newWatchCmd(),
+		newTrafficCmd(),
 		newCoordCmd(),
+		newDeployCmd(),
+		newDeploymentsCmd(),
+		newRunCmd(),
+		newTreeCmd(),
+		newHostsCmd(),
+		newAgentCmd(),
 	)
 	return root
 }

@@ -14,8 +14,11 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
+
 	"github.com/berthdev/berth/pkg/coordclient"
 	"github.com/berthdev/berth/pkg/logging"
+	"github.com/berthdev/berth/pkg/natsbus"
 	"github.com/berthdev/berth/pkg/run"
 )
 
@@ -78,6 +81,12 @@ type env struct {
 	// coord is a client of the dev coord, shared by the services; closed by its part.
 	coord         *coordclient.Client
 	coordEndpoint string
+	// bus is the services' shared NATS connection; drained by the nats part.
+	bus *natsbus.Bus
+	// reg holds the metrics of every embedded service but coord (which keeps its own).
+	reg *prometheus.Registry
+	// hostID is this machine's host id: the local agent's and the inventory's.
+	hostID string
 	// endpoints are printed once everything started, in order.
 	endpoints []endpoint
 }
@@ -117,7 +126,11 @@ func Run(ctx context.Context, cfg Config) error {
 	if err != nil {
 		return err
 	}
-	e := &env{cfg: cfg, log: log}
+	host, err := os.Hostname()
+	if err != nil {
+		return fmt.Errorf("hostname: %w", err)
+	}
+	e := &env{cfg: cfg, log: log, reg: prometheus.NewRegistry(), hostID: host}
 	g := &run.Group{StopTimeout: 8 * time.Second}
 	g.OnStop = func(name string, took time.Duration, err error) {
 		if err != nil && !errors.Is(err, context.Canceled) {

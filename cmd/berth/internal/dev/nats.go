@@ -38,30 +38,27 @@ func startNATS(ctx context.Context, e *env, g *run.Group) error {
 		return fmt.Errorf("nats server on %s:%d did not become ready (is the port in use? pass --nats-port)", opts.Host, opts.Port)
 	}
 	e.natsURL = ns.ClientURL()
-	if err := ensureStreams(ctx, e.natsURL); err != nil {
+	bus, err := natsbus.Connect(ctx, natsbus.Config{URLs: []string{e.natsURL}, Name: "berth-dev", Source: "berth-dev", Registerer: e.reg, Logger: e.log})
+	if err != nil {
 		ns.Shutdown()
 		ns.WaitForShutdown()
 		return err
 	}
+	if err := bus.EnsureStreams(ctx, natsbus.StreamConfig{}); err != nil {
+		bus.Close(ctx)
+		ns.Shutdown()
+		ns.WaitForShutdown()
+		return fmt.Errorf("create streams: %w", err)
+	}
+	e.bus = bus
 	e.announce("NATS", e.natsURL)
 	g.Add("nats", func(ctx context.Context) error {
 		<-ctx.Done()
+		// The services stopped before this part; drain the shared connection, then the server.
+		_ = bus.Close(context.WithoutCancel(ctx))
 		ns.Shutdown()
 		ns.WaitForShutdown()
 		return nil
 	})
-	return nil
-}
-
-// ensureStreams creates or updates BERTH_EVENTS and BERTH_WORK on the embedded server.
-func ensureStreams(ctx context.Context, url string) error {
-	bus, err := natsbus.Connect(ctx, natsbus.Config{URLs: []string{url}, Name: "berth-dev", MaxReconnects: 1})
-	if err != nil {
-		return err
-	}
-	defer bus.Close(context.WithoutCancel(ctx))
-	if err := bus.EnsureStreams(ctx, natsbus.StreamConfig{}); err != nil {
-		return fmt.Errorf("create streams: %w", err)
-	}
 	return nil
 }

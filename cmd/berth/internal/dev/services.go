@@ -19,4 +19,6 @@ type service struct {
 var services = []service{
 	{name: "nats", start: startNATS},
 	{name: "coord", start: startCoord},
+	{name: "cmdb-sync", start: startCMDBSync},
+	{name: "scheduler", start: startScheduler},
 }

@@ -24,6 +24,12 @@ var ErrNotLeader = errors.New("coord: not leader")
 // closed or expired).
 var ErrUnknown = errors.New("coord: session not found")
 
+// ErrNoQuorum is returned by KeepAlive on a leader that has not confirmed, within its
+// lease window, that a quorum still follows it (Confirm). A leader cut off from the
+// majority must stop renewing sessions before the majority can elect a successor, or a
+// client on its side would believe in a session that the successor expires.
+var ErrNoQuorum = errors.New("coord: leader cannot confirm a quorum")
+
 // Clock tells the time; tests use a fake.
 type Clock interface {
 	Now() time.Time
@@ -94,6 +100,11 @@ type Options struct {
 	// RetryExpiry is how long an expiry proposal may stay unapplied before it is proposed
 	// again (default 5 s).
 	RetryExpiry time.Duration
+	// LeaseWindow is how long after the start of a round trip that confirmed a quorum
+	// (Confirm) the leader keeps acknowledging keepalives. It must be shorter than the
+	// earliest time the majority can elect another leader after hearing from this one
+	// (the election timeout less one tick). 0 turns the check off.
+	LeaseWindow time.Duration
 }
 
 // Lessor tracks sessions. Every member has one and keeps the set of sessions in step with
@@ -107,6 +118,8 @@ type Lessor struct {
 	leader bool
 	term   uint64
 	leases map[int64]*lease
+	// confirmed is the start of the latest round trip that confirmed this leader's quorum.
+	confirmed time.Time
 }
 
 // New returns a follower lessor with no sessions.
@@ -159,11 +172,35 @@ func cmp64(a, b int64) int {
 	return 0
 }
 
-// Demote makes the lessor a follower's: deadlines are forgotten.
+// Confirm records that a quorum acknowledged this leader in a round trip that started at
+// at (a ReadIndex, whose heartbeats reach the followers after at). Later confirmations
+// only move the lease forward.
+func (l *Lessor) Confirm(at time.Time) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if at.After(l.confirmed) {
+		l.confirmed = at
+	}
+}
+
+// LeaseValid reports whether the leader's quorum was confirmed within the lease window
+// (always true when the window is 0, false on a follower).
+func (l *Lessor) LeaseValid() bool {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.leader && l.leaseValidLocked(l.opts.Clock.Now())
+}
+
+func (l *Lessor) leaseValidLocked(now time.Time) bool {
+	return l.opts.LeaseWindow <= 0 || now.Before(l.confirmed.Add(l.opts.LeaseWindow))
+}
+
+// Demote makes the lessor a follower's: deadlines and the quorum lease are forgotten.
 func (l *Lessor) Demote() {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	l.leader = false
+	l.confirmed = time.Time{}
 	for _, ls := range l.leases {
 		ls.deadline, ls.expiring, ls.lastKA, ls.urgent = time.Time{}, time.Time{}, time.Time{}, false
 	}
@@ -222,19 +259,23 @@ func (l *Lessor) SessionsReset(sessions []State) {
 }
 
 // KeepAlive renews a session to its full TTL and returns the TTL. It fails with
-// ErrNotLeader on a follower and ErrUnknown for a session that does not exist or whose
-// deadline has passed (its expiry is being proposed).
+// ErrNotLeader on a follower, ErrNoQuorum on a leader whose quorum lease has run out, and
+// ErrUnknown for a session that does not exist or whose deadline has passed (its expiry is
+// being proposed).
 func (l *Lessor) KeepAlive(id int64) (time.Duration, error) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	if !l.leader {
 		return 0, ErrNotLeader
 	}
+	now := l.opts.Clock.Now()
+	if !l.leaseValidLocked(now) {
+		return 0, ErrNoQuorum
+	}
 	ls := l.leases[id]
 	if ls == nil {
 		return 0, ErrUnknown
 	}
-	now := l.opts.Clock.Now()
 	if !ls.expiring.IsZero() || !now.Before(ls.deadline) {
 		return 0, ErrUnknown
 	}

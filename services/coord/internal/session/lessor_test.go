@@ -197,3 +197,49 @@ func TestPromoteGrants(t *testing.T) {
 		}
 	}
 }
+
+func TestKeepAliveNeedsQuorumLease(t *testing.T) {
+	c := newClock()
+	l := New(Options{Clock: c, ElectionTimeout: time.Second, LeaseWindow: 800 * time.Millisecond})
+	l.Promote(1, nil)
+	l.SessionOpened(7, 3000)
+	if _, err := l.KeepAlive(7); !errors.Is(err, ErrNoQuorum) {
+		t.Fatalf("keepalive before any quorum confirmation: got %v, want ErrNoQuorum", err)
+	}
+	l.Confirm(c.t)
+	tests := []struct {
+		name    string
+		advance time.Duration
+		confirm bool // confirm a round trip that started before advancing
+		want    error
+	}{
+		{"fresh lease", 100 * time.Millisecond, false, nil},
+		{"still within the window", 699 * time.Millisecond, false, nil},
+		{"window passed", 1 * time.Millisecond, false, ErrNoQuorum},
+		{"renewed by a new round trip", 100 * time.Millisecond, true, nil},
+	}
+	for _, tt := range tests {
+		start := c.t
+		c.advance(tt.advance)
+		if tt.confirm {
+			l.Confirm(start)
+		}
+		_, err := l.KeepAlive(7)
+		if !errors.Is(err, tt.want) {
+			t.Errorf("%s: got %v, want %v", tt.name, err, tt.want)
+		}
+		if got, want := l.LeaseValid(), tt.want == nil; got != want {
+			t.Errorf("%s: LeaseValid got %v, want %v", tt.name, got, want)
+		}
+	}
+	// An older confirmation does not move the lease back; demotion forgets it.
+	l.Confirm(c.t.Add(-time.Hour))
+	if !l.LeaseValid() {
+		t.Error("an older confirmation shortened the lease")
+	}
+	l.Demote()
+	l.Promote(2, nil)
+	if l.LeaseValid() {
+		t.Error("lease survived a demotion")
+	}
+}

@@ -21,6 +21,8 @@ const (
 	cmdSessionExpire  cmdType = 6
 	cmdTTLCheckpoint  cmdType = 7
 	cmdMemberAttrs    cmdType = 8
+	cmdMemberAdd      cmdType = 9
+	cmdMemberRemove   cmdType = 10
 	maxRequestIDBytes         = 256
 )
 
@@ -103,6 +105,27 @@ func EncodeTTLCheckpoint(term uint64, cps []Checkpoint) []byte {
 	}
 	return b
 }
+
+// EncodeMemberAdd encodes the record of a MemberAdd request with a request id, proposed
+// before the membership change itself so that a retry can tell that an earlier attempt
+// was made (see MemberRequestResult).
+func EncodeMemberAdd(r *coordv1.MemberAddRequest) ([]byte, error) { return encodeMsg(cmdMemberAdd, r) }
+
+// EncodeMemberRemove encodes the record of a MemberRemove request with a request id.
+func EncodeMemberRemove(r *coordv1.MemberRemoveRequest) ([]byte, error) {
+	return encodeMsg(cmdMemberRemove, r)
+}
+
+// MemberRequestResult is what Apply returns for a member request record.
+type MemberRequestResult struct {
+	// Repeat is true when the request id was recorded before, with the same request: an
+	// earlier attempt of this request was made, and its change may already be in effect.
+	Repeat bool
+}
+
+// memberMark is what the request-id table remembers of a member request: the index of the
+// entry that first recorded it.
+type memberMark struct{ index uint64 }
 
 // MemberAttrs are what a member announces about itself through the log.
 type MemberAttrs struct {

@@ -40,6 +40,8 @@ func resultSize(res any) int {
 		return proto.Size(r)
 	case *applyError:
 		return len(r.msg)
+	case memberMark:
+		return 8
 	}
 	return 0
 }

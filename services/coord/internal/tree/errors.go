@@ -38,9 +38,12 @@ var errorKinds = []error{
 
 // applyError is an error produced by Apply: a kind (one of the sentinels) and a message.
 // It is what the request-id table stores, so a retried request gets the same error back.
+// field names the request field at fault for the invalid-argument kinds; it is not
+// persisted in snapshots (ErrorField falls back to the kind).
 type applyError struct {
-	kind error
-	msg  string
+	kind  error
+	msg   string
+	field string
 }
 
 func (e *applyError) Error() string { return e.msg }
@@ -48,6 +51,26 @@ func (e *applyError) Unwrap() error { return e.kind }
 
 func newError(kind error, format string, args ...any) error {
 	return &applyError{kind: kind, msg: fmt.Sprintf(format, args...)}
+}
+
+// newFieldError is newError for an invalid request field, named as a field path of the
+// request message ("path", "compares[2].result").
+func newFieldError(kind error, field, format string, args ...any) error {
+	return &applyError{kind: kind, msg: fmt.Sprintf(format, args...), field: field}
+}
+
+// ErrorField returns the request field an ErrInvalidPath or ErrInvalidArgument error names:
+// the field recorded when the error was made, else "path" for ErrInvalidPath and "" when
+// unknown (an error restored from a snapshot).
+func ErrorField(err error) string {
+	var ae *applyError
+	if errors.As(err, &ae) && ae.field != "" {
+		return ae.field
+	}
+	if errors.Is(err, ErrInvalidPath) {
+		return "path"
+	}
+	return ""
 }
 
 // asApplyError converts an error to the persisted form; errors of unknown kind count as

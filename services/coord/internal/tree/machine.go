@@ -185,6 +185,25 @@ func (m *Machine) Apply(e raftstore.Entry) any {
 		return m.applyExpire(e.Term, body)
 	case cmdTTLCheckpoint:
 		return m.applyCheckpoint(e.Term, body)
+	case cmdMemberAdd, cmdMemberRemove:
+		var req interface {
+			proto.Message
+			GetRequestId() string
+		} = &coordv1.MemberAddRequest{}
+		if cmdType(e.Data[0]) == cmdMemberRemove {
+			req = &coordv1.MemberRemoveRequest{}
+		}
+		if err := proto.Unmarshal(body, req); err != nil {
+			return newError(ErrCorrupt, "decode member request: %v", err)
+		}
+		if req.GetRequestId() == "" {
+			return newFieldError(ErrInvalidArgument, "request_id", "member request record without a request id")
+		}
+		res := m.deduped(req.GetRequestId(), e.Data, func() any { return memberMark{index: e.Index} })
+		if mark, ok := res.(memberMark); ok {
+			return MemberRequestResult{Repeat: mark.index != e.Index}
+		}
+		return res
 	case cmdMemberAttrs:
 		d := decoder{b: body}
 		a := MemberAttrs{ID: d.uvarint(), Name: d.string(), ClientAddr: d.string()}
@@ -205,7 +224,7 @@ func (m *Machine) deduped(id string, data []byte, apply func() any) any {
 		return apply()
 	}
 	if len(id) > maxRequestIDBytes {
-		return newError(ErrInvalidArgument, "request id is %d bytes, over the %d-byte limit", len(id), maxRequestIDBytes)
+		return newFieldError(ErrInvalidArgument, "request_id", "request id is %d bytes, over the %d-byte limit", len(id), maxRequestIDBytes)
 	}
 	sum := sha256.Sum256(data)
 	if ent, ok := m.dedupe.get(id); ok {
@@ -296,15 +315,17 @@ func checkPutTarget(path string, sequential bool) error {
 	return ValidatePath(path, false)
 }
 
-func (m *Machine) checkPutArgs(op, path string, value []byte, sess int64, sequential bool) error {
+// checkPutArgs validates a put; field is the prefix of the put's fields in the request
+// ("" for PutRequest, "success[1].put." for a Txn op).
+func (m *Machine) checkPutArgs(op, field, path string, value []byte, sess int64, sequential bool) error {
 	if err := checkPutTarget(path, sequential); err != nil {
-		return newError(ErrInvalidPath, "%s %q: %v", op, path, err)
+		return newFieldError(ErrInvalidPath, field+"path", "%s %q: %v", op, path, err)
 	}
 	if len(value) > MaxValueBytes {
 		return newError(ErrValueTooLarge, "%s %s: value is %d bytes, over the %d-byte limit", op, path, len(value), MaxValueBytes)
 	}
 	if sess < 0 {
-		return newError(ErrInvalidArgument, "%s %s: session id %d is negative", op, path, sess)
+		return newFieldError(ErrInvalidArgument, field+"session_id", "%s %s: session id %d is negative", op, path, sess)
 	}
 	if sess != 0 && m.sessions[sess] == nil {
 		return newError(ErrSessionNotFound, "%s %s: session %d does not exist or has expired", op, path, sess)
@@ -329,7 +350,7 @@ func metaOnly(n *coordv1.Node) *coordv1.Node {
 }
 
 func (m *Machine) applyPut(req *coordv1.PutRequest) any {
-	if err := m.checkPutArgs("put", req.Path, req.Value, req.SessionId, req.Sequential); err != nil {
+	if err := m.checkPutArgs("put", "", req.Path, req.Value, req.SessionId, req.Sequential); err != nil {
 		return err
 	}
 	t := m.begin()
@@ -337,7 +358,7 @@ func (m *Machine) applyPut(req *coordv1.PutRequest) any {
 	if req.ExpectedVersion != nil {
 		want := *req.ExpectedVersion
 		if want < 0 {
-			return newError(ErrInvalidArgument, "put %s: expected version %d is negative", path, want)
+			return newFieldError(ErrInvalidArgument, "expected_version", "put %s: expected version %d is negative", path, want)
 		}
 		cur := int64(0)
 		if !req.Sequential {
@@ -383,13 +404,13 @@ func (m *Machine) subtree(p string) []*coordv1.Node {
 
 func (m *Machine) applyDelete(req *coordv1.DeleteRequest) any {
 	if err := ValidatePath(req.Path, false); err != nil {
-		return newError(ErrInvalidPath, "delete %q: %v", req.Path, err)
+		return newFieldError(ErrInvalidPath, "path", "delete %q: %v", req.Path, err)
 	}
 	node := m.get(req.Path)
 	if req.ExpectedVersion != nil {
 		want := *req.ExpectedVersion
 		if want <= 0 {
-			return newError(ErrInvalidArgument, "delete %s: expected version %d is not positive", req.Path, want)
+			return newFieldError(ErrInvalidArgument, "expected_version", "delete %s: expected version %d is not positive", req.Path, want)
 		}
 		if cur := versionOf(node); cur != want {
 			return newError(ErrVersionMismatch, "delete %s: expected version %d, node has version %d%s", req.Path, want, cur, absentNote(cur))
@@ -414,19 +435,19 @@ func (m *Machine) applyDelete(req *coordv1.DeleteRequest) any {
 
 func (m *Machine) checkCompare(i int, c *coordv1.Compare) error {
 	if err := ValidatePath(c.Path, false); err != nil {
-		return newError(ErrInvalidPath, "txn compare %d %q: %v", i, c.Path, err)
+		return newFieldError(ErrInvalidPath, fmt.Sprintf("compares[%d].path", i), "txn compare %d %q: %v", i, c.Path, err)
 	}
 	switch c.Result {
 	case coordv1.CompareResult_COMPARE_RESULT_EQUAL, coordv1.CompareResult_COMPARE_RESULT_NOT_EQUAL:
 	case coordv1.CompareResult_COMPARE_RESULT_LESS, coordv1.CompareResult_COMPARE_RESULT_GREATER:
 		if _, ok := c.Target.(*coordv1.Compare_Exists); ok {
-			return newError(ErrInvalidArgument, "txn compare %d %s: exists takes only EQUAL or NOT_EQUAL", i, c.Path)
+			return newFieldError(ErrInvalidArgument, fmt.Sprintf("compares[%d].result", i), "txn compare %d %s: exists takes only EQUAL or NOT_EQUAL", i, c.Path)
 		}
 	default:
-		return newError(ErrInvalidArgument, "txn compare %d %s: result %v is not a valid relation", i, c.Path, c.Result)
+		return newFieldError(ErrInvalidArgument, fmt.Sprintf("compares[%d].result", i), "txn compare %d %s: result %v is not a valid relation", i, c.Path, c.Result)
 	}
 	if c.Target == nil {
-		return newError(ErrInvalidArgument, "txn compare %d %s: no target (version, mod_rev, create_rev, value or exists)", i, c.Path)
+		return newFieldError(ErrInvalidArgument, fmt.Sprintf("compares[%d].target", i), "txn compare %d %s: no target (version, mod_rev, create_rev, value or exists)", i, c.Path)
 	}
 	if v, ok := c.Target.(*coordv1.Compare_Value); ok && len(v.Value) > MaxValueBytes {
 		return newError(ErrValueTooLarge, "txn compare %d %s: value is %d bytes, over the %d-byte limit", i, c.Path, len(v.Value), MaxValueBytes)
@@ -490,25 +511,26 @@ func cmpInt(a, b int64) int {
 
 func (m *Machine) checkOps(branch string, ops []*coordv1.Op) error {
 	if len(ops) > MaxTxnOps {
-		return newError(ErrInvalidArgument, "txn %s: %d ops, over the limit of %d", branch, len(ops), MaxTxnOps)
+		return newFieldError(ErrInvalidArgument, branch, "txn %s: %d ops, over the limit of %d", branch, len(ops), MaxTxnOps)
 	}
 	for i, op := range ops {
 		name := fmt.Sprintf("txn %s op %d: put", branch, i)
+		field := fmt.Sprintf("%s[%d].", branch, i)
 		switch o := op.GetOp().(type) {
 		case *coordv1.Op_Put:
-			if err := m.checkPutArgs(name, o.Put.GetPath(), o.Put.GetValue(), o.Put.GetSessionId(), o.Put.GetSequential()); err != nil {
+			if err := m.checkPutArgs(name, field+"put.", o.Put.GetPath(), o.Put.GetValue(), o.Put.GetSessionId(), o.Put.GetSequential()); err != nil {
 				return err
 			}
 		case *coordv1.Op_Delete:
 			if err := ValidatePath(o.Delete.GetPath(), false); err != nil {
-				return newError(ErrInvalidPath, "txn %s op %d: delete %q: %v", branch, i, o.Delete.GetPath(), err)
+				return newFieldError(ErrInvalidPath, field+"delete.path", "txn %s op %d: delete %q: %v", branch, i, o.Delete.GetPath(), err)
 			}
 		case *coordv1.Op_Get:
 			if err := ValidatePath(o.Get.GetPath(), false); err != nil {
-				return newError(ErrInvalidPath, "txn %s op %d: get %q: %v", branch, i, o.Get.GetPath(), err)
+				return newFieldError(ErrInvalidPath, field+"get.path", "txn %s op %d: get %q: %v", branch, i, o.Get.GetPath(), err)
 			}
 		default:
-			return newError(ErrInvalidArgument, "txn %s op %d: no operation set", branch, i)
+			return newFieldError(ErrInvalidArgument, field+"op", "txn %s op %d: no operation set", branch, i)
 		}
 	}
 	return nil
@@ -516,7 +538,7 @@ func (m *Machine) checkOps(branch string, ops []*coordv1.Op) error {
 
 func (m *Machine) applyTxn(req *coordv1.TxnRequest) any {
 	if len(req.Compares) > MaxTxnOps {
-		return newError(ErrInvalidArgument, "txn: %d compares, over the limit of %d", len(req.Compares), MaxTxnOps)
+		return newFieldError(ErrInvalidArgument, "compares", "txn: %d compares, over the limit of %d", len(req.Compares), MaxTxnOps)
 	}
 	for i, c := range req.Compares {
 		if err := m.checkCompare(i, c); err != nil {
@@ -579,7 +601,7 @@ func (m *Machine) applyTxn(req *coordv1.TxnRequest) any {
 
 func (m *Machine) applySessionOpen(req *coordv1.SessionOpenRequest) any {
 	if req.TtlMs < MinSessionTTLMs || req.TtlMs > MaxSessionTTLMs {
-		return newError(ErrInvalidArgument, "session open: ttl %d ms is outside [%d, %d] ms", req.TtlMs, MinSessionTTLMs, MaxSessionTTLMs)
+		return newFieldError(ErrInvalidArgument, "ttl_ms", "session open: ttl %d ms is outside [%d, %d] ms", req.TtlMs, MinSessionTTLMs, MaxSessionTTLMs)
 	}
 	m.lastSession++
 	s := &session{id: m.lastSession, ttlMs: req.TtlMs, remainingMs: req.TtlMs, renewed: true, nodes: map[string]struct{}{}}
@@ -692,7 +714,7 @@ func (m *Machine) applyCheckpoint(term uint64, body []byte) any {
 // Get returns the node at path and the revision read. keysOnly leaves the value out.
 func (m *Machine) Get(path string, keysOnly bool) (*coordv1.Node, int64, error) {
 	if err := ValidatePath(path, false); err != nil {
-		return nil, 0, newError(ErrInvalidPath, "get %q: %v", path, err)
+		return nil, 0, newFieldError(ErrInvalidPath, "path", "get %q: %v", path, err)
 	}
 	m.mu.RLock()
 	defer m.mu.RUnlock()
@@ -711,10 +733,10 @@ func (m *Machine) Get(path string, keysOnly bool) (*coordv1.Node, int64, error) 
 // in path order, at most limit nodes (0: all). more reports a cut listing.
 func (m *Machine) List(path string, recursive, keysOnly bool, limit int) (nodes []*coordv1.Node, more bool, rev int64, err error) {
 	if err := ValidatePath(path, true); err != nil {
-		return nil, false, 0, newError(ErrInvalidPath, "list %q: %v", path, err)
+		return nil, false, 0, newFieldError(ErrInvalidPath, "path", "list %q: %v", path, err)
 	}
 	if limit < 0 {
-		return nil, false, 0, newError(ErrInvalidArgument, "list %s: limit %d is negative", path, limit)
+		return nil, false, 0, newFieldError(ErrInvalidArgument, "limit", "list %s: limit %d is negative", path, limit)
 	}
 	m.mu.RLock()
 	defer m.mu.RUnlock()

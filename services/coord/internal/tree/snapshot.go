@@ -40,6 +40,7 @@ const (
 	resTxn          byte = 3
 	resSessionOpen  byte = 4
 	resSessionClose byte = 5
+	resMemberMark   byte = 6
 	resError        byte = 0x80
 )
 
@@ -175,6 +176,9 @@ func appendResult(b []byte, res any) ([]byte, error) {
 		b = append(b, resError)
 		b = binary.AppendUvarint(b, uint64(kindIndex(r.kind)))
 		return appendString(b, r.msg), nil
+	case memberMark:
+		b = append(b, resMemberMark)
+		return binary.AppendUvarint(b, r.index), nil
 	case *coordv1.PutResponse:
 		kind = resPut
 	case *coordv1.DeleteResponse:
@@ -205,6 +209,9 @@ func decodeResult(d *decoder) any {
 			return nil
 		}
 		return &applyError{kind: errorKinds[idx], msg: msg}
+	}
+	if kind == resMemberMark {
+		return memberMark{index: d.uvarint()}
 	}
 	var m proto.Message
 	switch kind {

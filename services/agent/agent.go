@@ -1,0 +1,284 @@
+// Package agent is berth-agent, the client on every host (DESIGN §1, §5): it answers step
+// requests from controllers over NATS, runs task plugins (executables from its local plugin
+// directories and the built-in package-deploy plugin) exactly once per step across its own
+// restarts, streams their output and publishes their results, and keeps its presence and
+// fingerprint in coord (/berth/alive/<host>, ephemeral in its session).
+//
+// Embedding (berth dev):
+//
+//	a, err := agent.New(cfg, agent.Deps{Bus: bus, Coord: coordClient, Logger: log, Registerer: reg})
+//	...
+//	err = a.Run(ctx) // returns when ctx ends, after draining running steps
+package agent
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"runtime/debug"
+	"sync/atomic"
+	"syscall"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/berthdev/berth/pkg/admin"
+	"github.com/berthdev/berth/pkg/coordclient"
+	"github.com/berthdev/berth/pkg/natsbus"
+	"github.com/berthdev/berth/pkg/run"
+	agentv1 "github.com/berthdev/berth/proto/agent/v1"
+	"github.com/berthdev/berth/services/agent/internal/hostinfo"
+	"github.com/berthdev/berth/services/agent/internal/journal"
+	"github.com/berthdev/berth/services/agent/internal/pkgdeploy"
+	"github.com/berthdev/berth/services/agent/internal/plugin"
+	"github.com/berthdev/berth/services/agent/internal/presence"
+	"github.com/berthdev/berth/services/agent/internal/step"
+)
+
+// Version is the agent's version, set at build time with
+// -ldflags "-X github.com/berthdev/berth/services/agent.Version=1.2.3"; when empty the
+// module version from the build info is used.
+var Version = ""
+
+// version returns Version or the build info's.
+func version() string {
+	if Version != "" {
+		return Version
+	}
+	if bi, ok := debug.ReadBuildInfo(); ok && bi.Main.Version != "" && bi.Main.Version != "(devel)" {
+		return bi.Main.Version
+	}
+	return "devel"
+}
+
+// Deps are what an embedding program may hand the agent instead of letting it connect
+// itself. Every field is optional.
+type Deps struct {
+	// Bus is a connected NATS bus; when nil Run connects to Config.NATS and closes the
+	// connection when it returns. The agent never closes a Bus it was given.
+	Bus *natsbus.Bus
+	// Coord is a coord client; when nil and Config.Coord is set Run connects. The agent
+	// never closes a client it was given.
+	Coord *coordclient.Client
+	// Presence replaces the coord store behind the alive node (tests, other stores); it
+	// wins over Coord.
+	Presence presence.Store
+	// Logger receives the agent's logs; nil discards them.
+	Logger *slog.Logger
+	// Registerer receives the agent's metrics; nil means a registry of the agent's own,
+	// served on Config.ListenMetrics.
+	Registerer prometheus.Registerer
+	// Gatherer serves /metrics when Registerer is given; nil means Registerer when it is a
+	// Gatherer (a *prometheus.Registry).
+	Gatherer prometheus.Gatherer
+}
+
+// Agent is a configured agent. Create it with New and start it with Run, once.
+type Agent struct {
+	cfg  Config
+	deps Deps
+	log  *slog.Logger
+	reg  prometheus.Registerer
+	gat  prometheus.Gatherer
+
+	// steps is the step server once Run created it.
+	steps atomic.Pointer[step.Server]
+}
+
+// Ready reports whether the agent is taking steps: Run has started, subscribed to the
+// host's step subject, and is not stopping.
+func (a *Agent) Ready(ctx context.Context) error {
+	s := a.steps.Load()
+	if s == nil {
+		return errors.New("agent not started")
+	}
+	return s.Ready(ctx)
+}
+
+// New checks cfg and returns an agent; it starts nothing and touches nothing on disk.
+func New(cfg Config, deps Deps) (*Agent, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, fmt.Errorf("agent config: %w", err)
+	}
+	a := &Agent{cfg: cfg, deps: deps, log: deps.Logger, reg: deps.Registerer, gat: deps.Gatherer}
+	if a.log == nil {
+		a.log = slog.New(slog.DiscardHandler)
+	}
+	a.log = a.log.With("service", "agent", "host", cfg.HostID)
+	if a.reg == nil {
+		r := prometheus.NewRegistry()
+		a.reg, a.gat = r, r
+	}
+	if a.gat == nil {
+		if g, ok := a.reg.(prometheus.Gatherer); ok {
+			a.gat = g
+		}
+	}
+	return a, nil
+}
+
+// Run starts the agent and blocks until ctx ends; it then stops taking steps, waits up to
+// DrainTimeout for running ones, leaves the coord session (deleting the alive node) and
+// returns. It fails at once when the data directory is locked by another agent, the
+// journal is corrupt, or NATS cannot be reached.
+func (a *Agent) Run(ctx context.Context) error {
+	started := time.Now()
+	if err := os.MkdirAll(a.cfg.DataDir, 0o755); err != nil {
+		return fmt.Errorf("agent data directory: %w", err)
+	}
+	unlock, err := lockDir(a.cfg.DataDir)
+	if err != nil {
+		return err
+	}
+	defer unlock()
+
+	j, interrupted, err := journal.Open(filepath.Join(a.cfg.DataDir, "journal"), journal.Options{Retention: a.cfg.JournalRetention})
+	if err != nil {
+		return err
+	}
+	defer j.Close()
+
+	bus := a.deps.Bus
+	if bus == nil {
+		bus, err = natsbus.Connect(ctx, natsbus.Config{URLs: a.cfg.NATSURLs(), Name: "berth-agent/" + a.cfg.HostID,
+			Logger: a.log, Registerer: a.reg})
+		if err != nil {
+			return err
+		}
+		defer func() {
+			cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
+			defer cancel()
+			_ = bus.Close(cctx)
+		}()
+	}
+
+	store := a.deps.Presence
+	if store == nil && a.deps.Coord != nil {
+		store = presence.FromClient(a.deps.Coord)
+	}
+	if store == nil && len(a.cfg.CoordEndpoints()) > 0 {
+		cc, err := coordclient.New(ctx, coordclient.Config{Endpoints: a.cfg.CoordEndpoints(), Logger: a.log})
+		if err != nil {
+			return fmt.Errorf("connect to coord %v: %w", a.cfg.CoordEndpoints(), err)
+		}
+		defer cc.Close()
+		store = presence.FromClient(cc)
+	}
+
+	facts := map[string]string{"BERTH_HOST_ID": a.cfg.HostID, "BERTH_DATA_DIR": a.cfg.DataDir}
+	if a.cfg.DC != "" {
+		facts["BERTH_DC"] = a.cfg.DC
+	}
+	deploy, err := pkgdeploy.New(pkgdeploy.Config{
+		AppsDir:         filepath.Join(a.cfg.DataDir, "apps"),
+		CacheDir:        filepath.Join(a.cfg.DataDir, "cache"),
+		Path:            a.cfg.PluginPath,
+		Facts:           facts,
+		KeepReleases:    a.cfg.Deploy.KeepReleases,
+		ScriptTimeout:   a.cfg.Deploy.ScriptTimeout,
+		HealthDeadline:  a.cfg.Deploy.HealthDeadline,
+		FetchTimeout:    a.cfg.Deploy.FetchTimeout,
+		MaxPackageBytes: a.cfg.Deploy.MaxPackageBytes,
+		KillGrace:       a.cfg.KillGrace,
+		Registerer:      a.reg,
+	})
+	if err != nil {
+		return err
+	}
+	builtins, err := plugin.NewRegistry(deploy)
+	if err != nil {
+		return err
+	}
+	runner, err := plugin.NewRunner(plugin.Config{
+		Dirs:           a.cfg.PluginDirs,
+		Builtins:       builtins,
+		Path:           a.cfg.PluginPath,
+		Facts:          facts,
+		MaxOutputBytes: a.cfg.MaxOutputBytes,
+		KillGrace:      a.cfg.KillGrace,
+		WorkDir:        filepath.Join(a.cfg.DataDir, "work"),
+	})
+	if err != nil {
+		return err
+	}
+	steps, err := step.New(step.Config{
+		Host:           a.cfg.HostID,
+		DC:             a.cfg.DC,
+		MaxConcurrent:  a.cfg.MaxConcurrentSteps,
+		MaxQueued:      a.cfg.MaxQueuedSteps,
+		DefaultTimeout: a.cfg.DefaultStepTimeout,
+		MaxTimeout:     a.cfg.MaxStepTimeout,
+		DrainTimeout:   a.cfg.DrainTimeout,
+		MaxOutputBytes: a.cfg.MaxOutputBytes,
+		Logger:         a.log,
+		Registerer:     a.reg,
+	}, j, interrupted, runner, bus)
+	if err != nil {
+		return err
+	}
+
+	a.steps.Store(steps)
+	defer a.steps.Store(nil)
+
+	g := &run.Group{StopTimeout: a.cfg.DrainTimeout + a.cfg.KillGrace + 5*time.Second}
+	var srv *admin.Server
+	if a.cfg.ListenMetrics != "" {
+		if a.gat == nil {
+			return errors.New("agent: listen_metrics is set but the Registerer given is not a Gatherer; pass Deps.Gatherer")
+		}
+		srv = admin.New(a.cfg.ListenMetrics, a.gat)
+		srv.AddCheck("steps", steps.Ready)
+		addr, err := srv.Listen()
+		if err != nil {
+			return err
+		}
+		a.log.Info("admin endpoints", "addr", addr.String())
+	}
+	g.Add("steps", steps.Run)
+	if store != nil {
+		keeper := presence.New(presence.Config{
+			Host:       a.cfg.HostID,
+			SessionTTL: a.cfg.SessionTTL,
+			Logger:     a.log,
+			Gather: func(ctx context.Context) *agentv1.AgentInfo {
+				return hostinfo.Gather(ctx, hostinfo.Options{HostID: a.cfg.HostID, DC: a.cfg.DC, Version: version(),
+					DataDir: a.cfg.DataDir, DockerHost: a.cfg.DockerHost, Plugins: runner.Available(), StartedAt: started})
+			},
+		}, store)
+		if srv != nil {
+			srv.AddCheck("coord", keeper.Ready)
+		}
+		g.Add("presence", keeper.Run)
+	} else {
+		a.log.Warn("no coord configured: this agent keeps no alive node, so the fleet does not see it")
+	}
+	if srv != nil {
+		g.Add("admin", srv.Run)
+	}
+	a.log.Info("agent started", "version", version(), "data_dir", a.cfg.DataDir, "plugins", runner.Available(), "nats", bus.URL())
+	return g.Run(ctx)
+}
+
+// lockDir takes an exclusive lock on dir/agent.lock so that two agents never share a data
+// directory (and a journal).
+func lockDir(dir string) (func(), error) {
+	path := filepath.Join(dir, "agent.lock")
+	f, err := os.OpenFile(path, os.O_CREATE|os.O_RDWR, 0o644)
+	if err != nil {
+		return nil, fmt.Errorf("lock data directory: %w", err)
+	}
+	if err := syscall.Flock(int(f.Fd()), syscall.LOCK_EX|syscall.LOCK_NB); err != nil {
+		f.Close()
+		if errors.Is(err, syscall.EWOULDBLOCK) {
+			return nil, fmt.Errorf("data directory %s is in use by another agent (%s is locked)", dir, path)
+		}
+		return nil, fmt.Errorf("lock %s: %w", path, err)
+	}
+	return func() {
+		_ = syscall.Flock(int(f.Fd()), syscall.LOCK_UN)
+		f.Close()
+	}, nil
+}
