@@ -22,7 +22,7 @@
 //	  reload: bin/reload.sh        # optional: run after a template changes
 //	health:                        # all optional; defaults shown
 //	  interval: 5s                 # Go duration, at least 100ms
-//	  timeout: 2s                  # Go duration, more than 0 and less than interval
+//	  timeout: 2s                  # Go duration, more than 0, at most interval
 //	  rise: 2                      # consecutive passes to become healthy, at least 1
 //	  fall: 3                      # consecutive failures to become unhealthy, at least 1
 //	templates:
@@ -353,8 +353,8 @@ func (d *Descriptor) validate(bad map[string]bool) Errors {
 	switch {
 	case h.Timeout <= 0:
 		add("health.timeout", "health.timeout %v must be more than 0", h.Timeout)
-	case h.Timeout >= h.Interval && h.Interval >= MinInterval:
-		add("health.timeout", "health.timeout %v must be less than health.interval %v", h.Timeout, h.Interval)
+	case h.Timeout > h.Interval && h.Interval >= MinInterval:
+		add("health.timeout", "health.timeout %v must not exceed health.interval %v", h.Timeout, h.Interval)
 	}
 	if h.Rise < 1 {
 		add("health.rise", "health.rise %d must be at least 1", h.Rise)

@@ -169,7 +169,7 @@ func TestValidateBuiltInCode(t *testing.T) {
 		Weight:  100,
 	}
 	err := d.Validate()
-	if want := "health.timeout 2s must be less than health.interval 1s"; err == nil || err.Error() != want {
+	if want := "health.timeout 2s must not exceed health.interval 1s"; err == nil || err.Error() != want {
 		t.Errorf("Validate: got %v, want %s", err, want)
 	}
 	d.Health.Timeout = 500 * time.Millisecond

@@ -195,6 +195,10 @@ type Table struct {
 	anyDC     [numFamilies]*group
 	mode      namesv1.AnswerMode
 	limit     int
+	// overrides and ttl are copies of the view's, kept here so that a query touches as few
+	// cache lines as possible.
+	overrides map[string]string
+	ttl       uint32
 }
 
 // Compile prepares a view for answering: it parses addresses and precomputes, for every
@@ -209,6 +213,8 @@ func Compile(view *namesv1.ServiceView) *Table {
 		t.mode = namesv1.AnswerMode_ANSWER_MODE_ALL
 	}
 	t.limit = int(pol.GetLimit())
+	t.overrides = pol.GetDcOverrides()
+	t.ttl = view.GetTtlSeconds()
 	dcs := map[string]bool{}
 	for i, in := range view.GetInstances() {
 		a, err := netip.ParseAddr(in.GetIp())
@@ -489,6 +495,9 @@ func (t *Table) ids(idx []int) string {
 	return strings.Join(ids, ", ")
 }
 
+// TTL returns the view's ttl_seconds.
+func (t *Table) TTL() uint32 { return t.ttl }
+
 // View returns the view the table was compiled from. Callers must not modify it.
 func (t *Table) View() *namesv1.ServiceView { return t.view }
 
@@ -625,8 +634,10 @@ func (t *Table) Probabilities(q Query) map[string]float64 {
 // groupFor returns the group answering q and the target datacenter after overrides.
 func (t *Table) groupFor(q Query) (*group, string) {
 	target := q.ClientDC
-	if to, ok := t.view.GetPolicy().GetDcOverrides()[q.ClientDC]; ok && q.ClientDC != "" {
-		target = to
+	if len(t.overrides) > 0 && q.ClientDC != "" {
+		if to, ok := t.overrides[q.ClientDC]; ok {
+			target = to
+		}
 	}
 	f := q.Family
 	if f >= numFamilies {

@@ -144,7 +144,7 @@ for _ in $(seq 300); do
   sleep 0.2
 done
 [ $up = 6 ] || { echo "ensembles not up within 60 s" >&2; exit 1; }
-echo "ZooKeeper $ZK_VERSION and berth-coord are up; data in $TMP" >&2
+echo "ZooKeeper $ZK_VERSION and berth-coord are up; data in $TMP; load average: $(cut -d' ' -f1-3 /proc/loadavg)" >&2
 
 join() { local IFS=,; echo "$*"; }
 bounded "$TMP/coordbench" ephemeral --zk "$(join "${ZK_CLIENTS[@]}")" --coord "$(join "${COORD_CLIENTS[@]}")" \

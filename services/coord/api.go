@@ -134,7 +134,7 @@ func (s *Server) unavailable(st *leaderState, what string) error {
 		return nil
 	}
 	if st.leader == s.id {
-		if d := now.Sub(time.Unix(0, s.quorumAt.Load())); st.noQuorum || d > s.cfg.ElectionTimeout {
+		if d := now.Sub(time.Unix(0, s.progressAt.Load())); st.noQuorum || d > s.cfg.ElectionTimeout {
 			return statusError(codes.Unavailable, coordv1.ErrorReason_ERROR_REASON_NO_QUORUM,
 				fmt.Sprintf("%s: no quorum: member %s leads but has not heard from a majority for %v; retry on another member",
 					what, FormatID(s.id), d.Round(time.Millisecond)))

@@ -63,8 +63,12 @@ type Server struct {
 	leadStateMu sync.Mutex
 	lead        atomic.Pointer[leaderState]
 	// quorumAt is when (unix ns) the latest round trip that confirmed this member's
-	// quorum as leader started.
+	// quorum as leader started: the base of the keepalive lease (safety).
 	quorumAt atomic.Int64
+	// progressAt is when (unix ns) such a round trip last completed: evidence that the
+	// quorum is there, for failing writes fast when there is none (liveness). Slow round
+	// trips under load still count, so a busy leader is not taken for a cut-off one.
+	progressAt atomic.Int64
 	// changes hands the latest leader change from followLeadership to leaderLoop.
 	changes chan raftstore.LeaderChange
 	// stopping is set when a planned stop begins; the lessor is never promoted again.
@@ -467,8 +471,8 @@ func (s *Server) followLeadership(ctx context.Context) error {
 				st.leader, st.term, st.noQuorum = lc.Leader, lc.Term, false
 			})
 			if lc.IsLeader {
-				// Being elected is a confirmation: a majority voted for this member just now.
-				s.quorumAt.Store(now.UnixNano())
+				// Being elected is evidence of a quorum: a majority voted for this member.
+				s.progressAt.Store(now.UnixNano())
 			}
 			if leader, term := s.lessor.IsLeader(); leader && (!lc.IsLeader || term != lc.Term) {
 				s.lessor.Demote()
@@ -564,16 +568,22 @@ func (s *Server) confirmQuorum(ctx context.Context, term uint64, timeout time.Du
 		return false
 	}
 	s.lessor.Confirm(start)
-	for {
-		old := s.quorumAt.Load()
-		if old >= start.UnixNano() || s.quorumAt.CompareAndSwap(old, start.UnixNano()) {
-			break
-		}
-	}
+	storeMax(&s.quorumAt, start.UnixNano())
+	storeMax(&s.progressAt, time.Now().UnixNano())
 	if st := s.lead.Load(); st.noQuorum {
 		s.setLead(func(st *leaderState) { st.noQuorum = false })
 	}
 	return true
+}
+
+// storeMax sets v to x unless it holds a later value.
+func storeMax(v *atomic.Int64, x int64) {
+	for {
+		old := v.Load()
+		if old >= x || v.CompareAndSwap(old, x) {
+			return
+		}
+	}
 }
 
 // maxProbes bounds the quorum probes in flight.
@@ -582,7 +592,7 @@ const maxProbes = 8
 // leaseLoop confirms, every heartbeat while this member leads, that a quorum still
 // follows it (a ReadIndex round trip). The confirmations keep the lessor's lease, without
 // which keepalives are refused. Probes run concurrently (up to maxProbes), so that a slow
-// one does not delay the next. When none succeeded for an election timeout the member
+// one does not delay the next. When none completed for an election timeout the member
 // marks itself without quorum, which fails writes and reads in flight at once instead of
 // letting them wait for the request timeout. It waits for its probes before returning.
 func (s *Server) leaseLoop(ctx context.Context) error {
@@ -607,12 +617,13 @@ func (s *Server) leaseLoop(ctx context.Context) error {
 			go func() {
 				defer wg.Done()
 				defer inflight.Add(-1)
-				s.confirmQuorum(ctx, st.Term, s.cfg.ElectionTimeout)
+				s.confirmQuorum(ctx, st.Term, 2*s.cfg.ElectionTimeout)
 			}()
 		}
-		if time.Since(time.Unix(0, s.quorumAt.Load())) > s.cfg.ElectionTimeout {
+		if time.Since(time.Unix(0, s.progressAt.Load())) > s.cfg.ElectionTimeout {
 			if ls := s.lead.Load(); ls.leader == s.id && !ls.noQuorum {
 				s.log.Warn("leader cannot confirm a quorum; refusing writes and keepalives", "term", st.Term)
+				fmt.Fprintln(os.Stderr, "DEBUGNOQUORUM", s.cfg.Name, time.Since(time.Unix(0, s.progressAt.Load())))
 				s.setLead(func(st *leaderState) { st.noQuorum = true })
 			}
 		}

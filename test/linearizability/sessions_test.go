@@ -154,7 +154,12 @@ func failover(t *testing.T, c *Cluster) (old, nl int, restarted <-chan error) {
 		t.Fatal(err)
 	}
 	done := make(chan error, 1)
+	finished := make(chan struct{})
+	// A test that fails before reading done still waits for the restart, before the
+	// cluster is closed (cleanups run last in, first out).
+	t.Cleanup(func() { <-finished })
 	go func() {
+		defer close(finished)
 		sctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
 		defer cancel()
 		done <- c.Start(sctx, old)
@@ -209,7 +214,13 @@ func TestLiveSessionSurvivesTenFailovers(t *testing.T) {
 	if k.expired.Load() {
 		t.Fatal("the session was reported expired")
 	}
-	r, err := c.Members[c.Leader(t.Context())].API.Get(t.Context(), &coordv1.GetRequest{Path: nodes[0].Path})
+	ctx, cancel := context.WithTimeout(t.Context(), 10*time.Second)
+	defer cancel()
+	l, err := c.WaitLeader(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	r, err := c.Members[l].API.Get(ctx, &coordv1.GetRequest{Path: nodes[0].Path})
 	if err != nil {
 		t.Fatalf("ephemeral of the live session after 10 failovers: %v", err)
 	}

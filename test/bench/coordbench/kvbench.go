@@ -1,6 +1,7 @@
 package main
 
 import (
+	"cmp"
 	"context"
 	"crypto/rand"
 	"encoding/binary"
@@ -33,6 +34,7 @@ type kvConfig struct {
 	watchers, watchPuts int
 	keys                int
 	requestIDs          bool
+	rounds              int
 	only                map[string]bool
 }
 
@@ -50,6 +52,8 @@ func (c *kvConfig) validate() error {
 		return fmt.Errorf("--watchers %d and --watch-puts %d must be positive", c.watchers, c.watchPuts)
 	case c.keys < 1:
 		return fmt.Errorf("--keys %d must be positive", c.keys)
+	case c.rounds < 1 || c.rounds > 9:
+		return fmt.Errorf("--rounds %d is outside 1..9", c.rounds)
 	}
 	return nil
 }
@@ -62,33 +66,70 @@ type kvResults struct {
 	watch                        watchResult
 }
 
-// runKV runs every benchmark on etcd, then on berth-coord, and prints the table.
+// runKV runs the benchmarks on etcd and on berth-coord in turn, rounds times (the watch
+// benchmark only in the first round, on fresh servers), takes for each benchmark the round
+// with the median throughput, and prints the table. Alternating the two systems spreads
+// the noise of a shared machine over both.
 func runKV(ctx context.Context, out io.Writer, cfg kvConfig) error {
 	if err := cfg.validate(); err != nil {
 		return err
 	}
-	var etcdRes, coordRes *kvResults
-	if len(cfg.etcd) > 0 {
-		r, err := benchStore(ctx, out, cfg, "etcd")
-		if err != nil {
-			return fmt.Errorf("etcd: %w", err)
+	var etcdRounds, coordRounds []*kvResults
+	for round := range cfg.rounds {
+		rc := cfg
+		if round > 0 && rc.want("watch") {
+			rc.only = map[string]bool{}
+			for _, b := range []string{"put", "read"} {
+				if cfg.want(b) {
+					rc.only[b] = true
+				}
+			}
 		}
-		etcdRes = r
-	}
-	if len(cfg.coord) > 0 {
-		r, err := benchStore(ctx, out, cfg, "coord")
-		if err != nil {
-			return fmt.Errorf("berth-coord: %w", err)
+		fmt.Fprintf(out, "round %d of %d\n", round+1, cfg.rounds)
+		for _, system := range []string{"etcd", "coord"} {
+			if (system == "etcd" && len(cfg.etcd) == 0) || (system == "coord" && len(cfg.coord) == 0) {
+				continue
+			}
+			r, err := benchStore(ctx, out, rc, system)
+			if err != nil {
+				return fmt.Errorf("%s: %w", system, err)
+			}
+			if system == "etcd" {
+				etcdRounds = append(etcdRounds, r)
+			} else {
+				coordRounds = append(coordRounds, r)
+			}
 		}
-		coordRes = r
 	}
-	if etcdRes == nil || coordRes == nil {
+	if len(etcdRounds) == 0 || len(coordRounds) == 0 {
 		return nil
 	}
+	etcdRes, coordRes := medianRounds(etcdRounds), medianRounds(coordRounds)
 	fmt.Fprintf(out, "\nberth-coord vs etcd 3.4: 3 members each on 127.0.0.1, heartbeat 100 ms, election 1000 ms, %d-byte values,\n", cfg.valueSize)
-	fmt.Fprintf(out, "%d clients over %d connections spread over the members (1 client: one connection to the leader), %v per run\n\n", cfg.clients, cfg.conns, cfg.duration)
+	fmt.Fprintf(out, "%d clients over %d connections spread over the members (1 client: one connection to the leader),\n", cfg.clients, cfg.conns)
+	fmt.Fprintf(out, "%v per run, the round with the median throughput of %d alternating rounds\n\n", cfg.duration, cfg.rounds)
 	table(out, "etcd", kvRows(cfg, etcdRes, coordRes))
 	return nil
+}
+
+// medianRounds picks, per benchmark, the round whose throughput is the median; the watch
+// figures come from the first round.
+func medianRounds(rs []*kvResults) *kvResults {
+	pick := func(get func(*kvResults) Result) Result {
+		all := make([]Result, len(rs))
+		for i, r := range rs {
+			all[i] = get(r)
+		}
+		slices.SortFunc(all, func(a, b Result) int { return cmp.Compare(a.Rate(), b.Rate()) })
+		return all[(len(all)-1)/2]
+	}
+	return &kvResults{
+		put1:    pick(func(r *kvResults) Result { return r.put1 }),
+		putN:    pick(func(r *kvResults) Result { return r.putN }),
+		readLin: pick(func(r *kvResults) Result { return r.readLin }),
+		readSer: pick(func(r *kvResults) Result { return r.readSer }),
+		watch:   rs[0].watch,
+	}
 }
 
 func kvRows(cfg kvConfig, e, c *kvResults) []row {

@@ -54,6 +54,7 @@ func run(args []string) int {
 		fs.IntVar(&cfg.watchers, "watchers", 10000, "watchers of the watch benchmark")
 		fs.IntVar(&cfg.watchPuts, "watch-puts", 20, "puts of the watch benchmark")
 		fs.IntVar(&cfg.keys, "keys", 10000, "key space of the put runs")
+		fs.IntVar(&cfg.rounds, "rounds", 3, "alternating rounds of etcd and berth-coord; the median round is reported")
 		fs.BoolVar(&cfg.requestIDs, "coord-request-ids", true, "send a request id with every berth-coord put, as pkg/coordclient does")
 		exec = func() error {
 			var err error

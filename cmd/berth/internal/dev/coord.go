@@ -32,6 +32,7 @@ func startCoord(ctx context.Context, e *env, g *run.Group) error {
 	if err != nil {
 		return fmt.Errorf("coord: %w", err)
 	}
+	e.coordReg = srv.Registry()
 	g.Add("coord", srv.Run)
 	g.Start()
 

@@ -16,6 +16,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/berthdev/berth/pkg/admin"
 	"github.com/berthdev/berth/pkg/coordclient"
 	"github.com/berthdev/berth/pkg/logging"
 	"github.com/berthdev/berth/pkg/natsbus"
@@ -34,6 +35,8 @@ type Config struct {
 	NATSPort int
 	// CoordPort is coord's client port; its peer port is the next one.
 	CoordPort int
+	// AdminPort serves /metrics, /healthz and /readyz of everything.
+	AdminPort int
 	// LogLevel is the level of the services' logs.
 	LogLevel string
 	// Out receives the endpoints and progress lines meant for the person running berth dev.
@@ -48,6 +51,7 @@ const (
 	DefaultHost      = "127.0.0.1"
 	DefaultNATSPort  = 4222
 	DefaultCoordPort = 7379
+	DefaultAdminPort = 7090
 )
 
 // DefaultDataDir is where berth dev keeps its data when --data is not given.
@@ -66,6 +70,9 @@ func (c *Config) Validate() error {
 	}
 	if c.NATSPort < 0 || c.NATSPort > 65535 {
 		return fmt.Errorf("--nats-port %d: want 0..65535", c.NATSPort)
+	}
+	if c.AdminPort < 0 || c.AdminPort > 65535 {
+		return fmt.Errorf("--admin-port %d: want 0..65535", c.AdminPort)
 	}
 	if c.CoordPort < 1 || c.CoordPort > 65534 {
 		return fmt.Errorf("--coord-port %d: want 1..65534 (the next port is coord's peer port)", c.CoordPort)
@@ -87,11 +94,20 @@ type env struct {
 	reg *prometheus.Registry
 	// hostID is this machine's host id: the local agent's and the inventory's.
 	hostID string
+	// coordReg is coord's own registry, served with reg.
+	coordReg prometheus.Gatherer
+	// readyChecks are served on /readyz.
+	readyChecks []readyCheck
 	// endpoints are printed once everything started, in order.
 	endpoints []endpoint
 }
 
 type endpoint struct{ name, url string }
+
+type readyCheck struct {
+	name  string
+	check admin.Check
+}
 
 func (e *env) announce(name, url string) { e.endpoints = append(e.endpoints, endpoint{name, url}) }
 

@@ -26,7 +26,8 @@ func startCMDBSync(ctx context.Context, e *env, g *run.Group) error {
 	cfg.Name = "dev"
 	cfg.Source = cmdbsync.SourceConfig{Kind: "file", Path: path, Timeout: time.Second}
 	cfg.GracePeriod = 5 * time.Second
-	s, err := cmdbsync.New(cfg, cmdbsync.Deps{Bus: e.bus, Coord: e.coord, Logger: e.log.With("service", "cmdb-sync"), Registerer: e.reg})
+	cfg.ListenMetrics = "" // berth dev serves every service's metrics on one address
+	s, err := cmdbsync.New(cfg, cmdbsync.Deps{Bus: e.bus, Coord: e.coord, Logger: e.log, Registerer: e.reg})
 	if err != nil {
 		return fmt.Errorf("cmdb-sync: %w", err)
 	}
@@ -39,7 +40,8 @@ func startCMDBSync(ctx context.Context, e *env, g *run.Group) error {
 func startScheduler(ctx context.Context, e *env, g *run.Group) error {
 	cfg := scheduler.DefaultConfig()
 	cfg.Name = "dev"
-	s, err := scheduler.New(cfg, scheduler.Deps{Bus: e.bus, Coord: e.coord, Logger: e.log.With("service", "scheduler"), Registerer: e.reg})
+	cfg.ListenMetrics = ""
+	s, err := scheduler.New(cfg, scheduler.Deps{Bus: e.bus, Coord: e.coord, Logger: e.log, Registerer: e.reg})
 	if err != nil {
 		return fmt.Errorf("scheduler: %w", err)
 	}

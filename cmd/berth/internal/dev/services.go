@@ -21,4 +21,6 @@ var services = []service{
 	{name: "coord", start: startCoord},
 	{name: "cmdb-sync", start: startCMDBSync},
 	{name: "scheduler", start: startScheduler},
+	{name: "agent", start: startAgent},
+	{name: "admin", start: startAdmin},
 }

@@ -136,7 +136,7 @@ func (s *Server) fastRespond(req []byte, src netip.Addr, tcp bool, r *rand.Rand,
 	if n == 0 || qend+n*(12+rdlen)+optLen > size {
 		return nil, res, false // NODATA or truncation: the general path
 	}
-	ttl := snap.View.GetTtlSeconds()
+	ttl := snap.Table.TTL()
 	// Header: the id, QR, AA, the request's RD and CD, NOERROR.
 	out = append(out[:0], req[0], req[1], 0x84|req[2]&0x01, req[3]&0x10, 0, 1, byte(n>>8), byte(n), 0, 0, 0, 0)
 	if hasOPT {

@@ -392,8 +392,30 @@ func (r *runner) tryLock(ctx context.Context, now time.Time) error {
 	return nil
 }
 
+// Stages of a deployment's pipeline, in order. Package mode has only StageSteps; container
+// mode will run StageImage (an image for the version, from the builder) and StagePlacement
+// (allocations from the scheduler, which become the targets) before it, and
+// StageRegistration after it.
+const (
+	StageImage        = "image"
+	StagePlacement    = "placement"
+	StageSteps        = "steps"
+	StageRegistration = "registration"
+)
+
+// supportedStages are the stages this controller runs.
+var supportedStages = map[string]bool{StageSteps: true}
+
 // start plans the run: batches, releases, deadlines.
 func (r *runner) start(ctx context.Context, now time.Time) error {
+	if r.kind == model.KindDeployment {
+		for _, st := range r.dep.GetStages() {
+			if !supportedStages[st] {
+				r.terminate(now, model.StateFailed, fmt.Sprintf("stage %q of the pipeline is not supported by this controller (package mode runs %q only)", st, StageSteps), "")
+				return nil
+			}
+		}
+	}
 	batches, err := strategy.Plan(r.strat.GetBatches(), len(r.hosts))
 	if err != nil {
 		r.terminate(now, model.StateFailed, fmt.Sprintf("cannot plan the batches: %v", err), "")

@@ -27,7 +27,7 @@ const (
 	DefaultHealthDeadline   = 30 * time.Second
 	DefaultProgressDeadline = 30 * time.Minute
 	DefaultStepTimeout      = 10 * time.Minute
-	DefaultInfraRetries     = 3
+	DefaultInfraRetries     = 5
 	DefaultDNSTTL           = 5 * time.Second
 )
 
