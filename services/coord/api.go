@@ -122,7 +122,9 @@ func (s *Server) clusterError(parent context.Context, what string, err error) er
 
 // unavailable returns the UNAVAILABLE status for a call that this member cannot serve
 // now, judging by the leader state st, or nil: no leader for longer than an election
-// timeout, or leadership without a quorum confirmed within an election timeout.
+// timeout, or leadership without a quorum round trip completed within an election
+// timeout. It is checked before each attempt; an attempt in flight is cut short only by a
+// change of leader, so that work a busy leader has started is not thrown away.
 func (s *Server) unavailable(st *leaderState, what string) error {
 	now := time.Now()
 	if st.leader == 0 {
@@ -134,7 +136,7 @@ func (s *Server) unavailable(st *leaderState, what string) error {
 		return nil
 	}
 	if st.leader == s.id {
-		if d := now.Sub(time.Unix(0, s.progressAt.Load())); st.noQuorum || d > s.cfg.ElectionTimeout {
+		if d := now.Sub(time.Unix(0, s.progressAt.Load())); d > s.cfg.ElectionTimeout {
 			return statusError(codes.Unavailable, coordv1.ErrorReason_ERROR_REASON_NO_QUORUM,
 				fmt.Sprintf("%s: no quorum: member %s leads but has not heard from a majority for %v; retry on another member",
 					what, FormatID(s.id), d.Round(time.Millisecond)))

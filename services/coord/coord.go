@@ -69,6 +69,9 @@ type Server struct {
 	// quorum is there, for failing writes fast when there is none (liveness). Slow round
 	// trips under load still count, so a busy leader is not taken for a cut-off one.
 	progressAt atomic.Int64
+	// quorumLost is set while this member leads without evidence of a quorum (for logs
+	// and the quorum_lost_total metric).
+	quorumLost atomic.Bool
 	// changes hands the latest leader change from followLeadership to leaderLoop.
 	changes chan raftstore.LeaderChange
 	// stopping is set when a planned stop begins; the lessor is never promoted again.
@@ -431,9 +434,6 @@ type leaderState struct {
 	// since is when the member last changed leader (for leader 0: since when it has had
 	// none).
 	since time.Time
-	// noQuorum is set while this member leads but has not confirmed a quorum within an
-	// election timeout.
-	noQuorum bool
 	// done is cancelled when the state is replaced.
 	done   context.Context
 	cancel context.CancelFunc
@@ -468,7 +468,7 @@ func (s *Server) followLeadership(ctx context.Context) error {
 				if st.leader != lc.Leader {
 					st.since = now
 				}
-				st.leader, st.term, st.noQuorum = lc.Leader, lc.Term, false
+				st.leader, st.term = lc.Leader, lc.Term
 			})
 			if lc.IsLeader {
 				// Being elected is evidence of a quorum: a majority voted for this member.
@@ -570,8 +570,8 @@ func (s *Server) confirmQuorum(ctx context.Context, term uint64, timeout time.Du
 	s.lessor.Confirm(start)
 	storeMax(&s.quorumAt, start.UnixNano())
 	storeMax(&s.progressAt, time.Now().UnixNano())
-	if st := s.lead.Load(); st.noQuorum {
-		s.setLead(func(st *leaderState) { st.noQuorum = false })
+	if s.quorumLost.CompareAndSwap(true, false) {
+		s.log.Info("leader confirmed its quorum again", "term", term)
 	}
 	return true
 }
@@ -591,10 +591,10 @@ const maxProbes = 8
 
 // leaseLoop confirms, every heartbeat while this member leads, that a quorum still
 // follows it (a ReadIndex round trip). The confirmations keep the lessor's lease, without
-// which keepalives are refused. Probes run concurrently (up to maxProbes), so that a slow
-// one does not delay the next. When none completed for an election timeout the member
-// marks itself without quorum, which fails writes and reads in flight at once instead of
-// letting them wait for the request timeout. It waits for its probes before returning.
+// which keepalives are refused, and their completions are the evidence without which new
+// writes and reads fail fast (see unavailable). Probes run concurrently (up to
+// maxProbes), so that a slow one does not delay the next. It waits for its probes before
+// returning.
 func (s *Server) leaseLoop(ctx context.Context) error {
 	var wg sync.WaitGroup
 	defer wg.Wait()
@@ -620,12 +620,9 @@ func (s *Server) leaseLoop(ctx context.Context) error {
 				s.confirmQuorum(ctx, st.Term, 2*s.cfg.ElectionTimeout)
 			}()
 		}
-		if time.Since(time.Unix(0, s.progressAt.Load())) > s.cfg.ElectionTimeout {
-			if ls := s.lead.Load(); ls.leader == s.id && !ls.noQuorum {
-				s.log.Warn("leader cannot confirm a quorum; refusing writes and keepalives", "term", st.Term)
-				fmt.Fprintln(os.Stderr, "DEBUGNOQUORUM", s.cfg.Name, time.Since(time.Unix(0, s.progressAt.Load())))
-				s.setLead(func(st *leaderState) { st.noQuorum = true })
-			}
+		if time.Since(time.Unix(0, s.progressAt.Load())) > s.cfg.ElectionTimeout && s.quorumLost.CompareAndSwap(false, true) {
+			s.metrics.quorumLost.Inc()
+			s.log.Warn("leader cannot confirm a quorum; refusing new writes, reads and keepalives", "term", st.Term)
 		}
 	}
 }

@@ -17,6 +17,7 @@ type metrics struct {
 	checkpoints     prometheus.Counter
 	keepalives      prometheus.Counter
 	watchEventsSent prometheus.Counter
+	quorumLost      prometheus.Counter
 }
 
 func newMetrics(reg prometheus.Registerer, s *Server) (*metrics, error) {
@@ -35,6 +36,8 @@ func newMetrics(reg prometheus.Registerer, s *Server) (*metrics, error) {
 			Name: "session_keepalives_total", Help: "Session keepalives served by this member as leader."}),
 		watchEventsSent: prometheus.NewCounter(prometheus.CounterOpts{Namespace: ns, Subsystem: sub,
 			Name: "watch_events_sent_total", Help: "Events sent to watch streams."}),
+		quorumLost: prometheus.NewCounter(prometheus.CounterOpts{Namespace: ns, Subsystem: sub,
+			Name: "quorum_lost_total", Help: "Times this member, leading, went an election timeout without confirming a quorum."}),
 	}
 	gauge := func(name, help string, f func() float64) prometheus.Collector {
 		return prometheus.NewGaugeFunc(prometheus.GaugeOpts{Namespace: ns, Subsystem: sub, Name: name, Help: help}, f)
@@ -43,7 +46,7 @@ func newMetrics(reg prometheus.Registerer, s *Server) (*metrics, error) {
 		return prometheus.NewCounterFunc(prometheus.CounterOpts{Namespace: ns, Subsystem: sub, Name: name, Help: help}, f)
 	}
 	for _, c := range []prometheus.Collector{
-		m.requests, m.duration, m.expired, m.checkpoints, m.keepalives, m.watchEventsSent,
+		m.requests, m.duration, m.expired, m.checkpoints, m.keepalives, m.watchEventsSent, m.quorumLost,
 		gauge("revision", "The store's revision.", func() float64 { return float64(s.machine.Stats().Revision) }),
 		gauge("nodes", "Nodes in the tree.", func() float64 { return float64(s.machine.Stats().Nodes) }),
 		gauge("sessions", "Open sessions.", func() float64 { return float64(s.machine.Stats().Sessions) }),

@@ -36,17 +36,19 @@
 //   ALREADY_EXISTS      MemberAdd of a member that is already in the cluster.
 //   ABORTED             a compare-and-swap failed: expected_version did not match the node's
 //                       version (an absent node has version 0). Re-read and retry.
-//   FAILED_PRECONDITION the session named is unknown, closed or expired; or request_id was
-//                       reused for a different request.
+//   FAILED_PRECONDITION the session named is unknown, closed or expired; request_id was
+//                       reused for a different request; or MemberRemove of the last member.
 //   OUT_OF_RANGE        Watch: start_revision is older than the member's event history
 //                       (compacted). The status carries a CompactedDetail; the trailer
 //                       "berth-compact-revision" holds the same number. Re-list, then watch
 //                       from the list's header.revision + 1.
-//   UNAVAILABLE         no leader (an election is in progress or there is no quorum), the
-//                       write was not committed in time, the member is stopping, or a
-//                       SessionKeepAlive stream reached a member that is not the leader
-//                       (LeaderDetail says which member is). Retry, on another member if
-//                       needed; writes are safe to retry with the same request_id.
+//   UNAVAILABLE         no leader for longer than an election timeout, a leader that lost
+//                       its quorum, the write was not committed in time (or the leader
+//                       changed while a write without request_id was in flight), the member
+//                       is stopping, or a SessionKeepAlive stream reached a member that is
+//                       not the leader (LeaderDetail says which member is). Retry, on
+//                       another member if needed; writes are safe to retry with the same
+//                       request_id.
 //   DEADLINE_EXCEEDED / CANCELLED  the caller's context ended.
 // Every error status carries the serving member's id in the trailer "berth-member-id" and,
 // when known, the leader's id in "berth-leader-id".
@@ -54,8 +56,7 @@
 // Error details. Every error status that berth-coord makes carries a google.rpc.ErrorInfo
 // whose domain is "coord.berth.dev" and whose reason is the name of an ErrorReason value
 // ("ERROR_REASON_SESSION_NOT_FOUND"); branch on it where the code alone is ambiguous (the
-// FAILED_PRECONDITION and UNAVAILABLE cases). Its metadata may hold "member_id" and
-// "leader_id" (hex) and "session_id". INVALID_ARGUMENT statuses also carry a
+// FAILED_PRECONDITION and UNAVAILABLE cases). INVALID_ARGUMENT statuses also carry a
 // google.rpc.BadRequest with one field violation whose field names the request field at
 // fault ("path", "ttl_ms", "compares[2].path", "success[0].put.path"); a field that ends
 // in "path" is a malformed path.

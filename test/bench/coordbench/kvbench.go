@@ -146,6 +146,9 @@ func kvRows(cfg kvConfig, e, c *kvResults) []row {
 			r99.goal, r99.verdict = "<= etcd", verdict(cr.P99 <= er.P99)
 		}
 		rows = append(rows, r99)
+		if er.CPU > 0 && cr.CPU > 0 {
+			rows = append(rows, row{metric: "server CPU per op (3 members)", base: fmtMicros(er.CPUPerOp()), coord: fmtMicros(cr.CPUPerOp()), ratio: ratio(float64(cr.CPUPerOp()), float64(er.CPUPerOp()))})
+		}
 		if er.Errors+cr.Errors > 0 {
 			rows = append(rows, row{metric: "errors", base: strconv.Itoa(er.Errors), coord: strconv.Itoa(cr.Errors)})
 		}
@@ -156,6 +159,9 @@ func kvRows(cfg kvConfig, e, c *kvResults) []row {
 		rows = append(rows, row{metric: "p50", base: fmtDur(e.put1.P50), coord: fmtDur(c.put1.P50), ratio: ratio(float64(c.put1.P50), float64(e.put1.P50)),
 			goal: "<= etcd", verdict: verdict(c.put1.P50 <= e.put1.P50)})
 		rows = append(rows, row{metric: "p99", base: fmtDur(e.put1.P99), coord: fmtDur(c.put1.P99), ratio: ratio(float64(c.put1.P99), float64(e.put1.P99))})
+		if e.put1.CPU > 0 && c.put1.CPU > 0 {
+			rows = append(rows, row{metric: "server CPU per op (3 members)", base: fmtMicros(e.put1.CPUPerOp()), coord: fmtMicros(c.put1.CPUPerOp()), ratio: ratio(float64(c.put1.CPUPerOp()), float64(e.put1.CPUPerOp()))})
+		}
 		thr(fmt.Sprintf("put %d B, %s", cfg.valueSize, n), e.putN, c.putN, 1.5, true)
 	}
 	if cfg.want("read") {
@@ -201,6 +207,16 @@ func benchStore(ctx context.Context, out io.Writer, cfg kvConfig, system string)
 		eps, pids = cfg.etcd, cfg.etcdPIDs
 	}
 	res := &kvResults{}
+	var cpu func() time.Duration
+	if len(pids) > 0 {
+		cpu = func() time.Duration {
+			d, err := cpuTime(pids)
+			if err != nil {
+				return 0
+			}
+			return d
+		}
+	}
 	many, err := openStore(cfg, system, cfg.conns, eps)
 	if err != nil {
 		return nil, err
@@ -234,15 +250,15 @@ func benchStore(ctx context.Context, out io.Writer, cfg kvConfig, system string)
 		if err != nil {
 			return nil, err
 		}
-		res.put1 = closedLoop(ctx, 1, cfg.warmup, cfg.duration, func(ctx context.Context, _, seq int) error {
+		res.put1 = closedLoop(ctx, 1, cfg.warmup, cfg.duration, cpu, func(ctx context.Context, _, seq int) error {
 			return one.Put(ctx, 0, fmt.Sprintf("/bench/put1/k%06d", seq%cfg.keys), value)
 		})
 		one.Close()
-		progress("put, 1 client: %s, p50 %s, p99 %s, %d errors %v", fmtRate(res.put1.Rate()), fmtDur(res.put1.P50), fmtDur(res.put1.P99), res.put1.Errors, res.put1.FirstErr)
-		res.putN = closedLoop(ctx, cfg.clients, cfg.warmup, cfg.duration, func(ctx context.Context, w, seq int) error {
+		progress("put, 1 client: %s, p50 %s, p99 %s, server CPU %s/op, %d errors %v", fmtRate(res.put1.Rate()), fmtDur(res.put1.P50), fmtDur(res.put1.P99), fmtMicros(res.put1.CPUPerOp()), res.put1.Errors, res.put1.FirstErr)
+		res.putN = closedLoop(ctx, cfg.clients, cfg.warmup, cfg.duration, cpu, func(ctx context.Context, w, seq int) error {
 			return many.Put(ctx, w%cfg.conns, fmt.Sprintf("/bench/put/k%06d", mrand.IntN(cfg.keys)), value)
 		})
-		progress("put, %d clients: %s, p50 %s, p99 %s, %d errors %v", cfg.clients, fmtRate(res.putN.Rate()), fmtDur(res.putN.P50), fmtDur(res.putN.P99), res.putN.Errors, res.putN.FirstErr)
+		progress("put, %d clients: %s, p50 %s, p99 %s, server CPU %s/op, %d errors %v", cfg.clients, fmtRate(res.putN.Rate()), fmtDur(res.putN.P50), fmtDur(res.putN.P99), fmtMicros(res.putN.CPUPerOp()), res.putN.Errors, res.putN.FirstErr)
 	}
 	if cfg.want("read") {
 		const readKeys = 1000
@@ -252,7 +268,7 @@ func benchStore(ctx context.Context, out io.Writer, cfg kvConfig, system string)
 			}
 		}
 		for _, ser := range []bool{false, true} {
-			r := closedLoop(ctx, cfg.clients, cfg.warmup, cfg.duration, func(ctx context.Context, w, _ int) error {
+			r := closedLoop(ctx, cfg.clients, cfg.warmup, cfg.duration, cpu, func(ctx context.Context, w, _ int) error {
 				return many.Get(ctx, w%cfg.conns, fmt.Sprintf("/bench/read/k%04d", mrand.IntN(readKeys)), ser)
 			})
 			kind := "linearizable"
@@ -262,7 +278,7 @@ func benchStore(ctx context.Context, out io.Writer, cfg kvConfig, system string)
 			} else {
 				res.readLin = r
 			}
-			progress("%s get, %d clients: %s, p50 %s, p99 %s, %d errors %v", kind, cfg.clients, fmtRate(r.Rate()), fmtDur(r.P50), fmtDur(r.P99), r.Errors, r.FirstErr)
+			progress("%s get, %d clients: %s, p50 %s, p99 %s, server CPU %s/op, %d errors %v", kind, cfg.clients, fmtRate(r.Rate()), fmtDur(r.P50), fmtDur(r.P99), fmtMicros(r.CPUPerOp()), r.Errors, r.FirstErr)
 		}
 	}
 	return res, nil
@@ -415,6 +431,32 @@ func benchWatch(ctx context.Context, s store, pids []int, n, puts, valueSize int
 	res.delivered = len(all)
 	res.p50, res.p99 = percentile(all, 50), percentile(all, 99)
 	return res, nil
+}
+
+// cpuTime sums the user and system CPU time of the processes (/proc/PID/stat, in clock
+// ticks of 10 ms).
+func cpuTime(pids []int) (time.Duration, error) {
+	var ticks int64
+	for _, pid := range pids {
+		b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+		if err != nil {
+			return 0, fmt.Errorf("cpu time of pid %d: %w", pid, err)
+		}
+		// The command name may hold spaces; the fields after it are space separated.
+		s := string(b)
+		fields := strings.Fields(s[strings.LastIndexByte(s, ')')+1:])
+		if len(fields) < 13 {
+			return 0, fmt.Errorf("cpu time of pid %d: short stat line", pid)
+		}
+		for _, f := range fields[11:13] { // utime and stime, fields 14 and 15 of stat
+			n, err := strconv.ParseInt(f, 10, 64)
+			if err != nil {
+				return 0, fmt.Errorf("cpu time of pid %d: %w", pid, err)
+			}
+			ticks += n
+		}
+	}
+	return time.Duration(ticks) * 10 * time.Millisecond, nil
 }
 
 // rss sums the resident set size of the processes, in bytes.

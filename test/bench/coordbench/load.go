@@ -18,6 +18,16 @@ type Result struct {
 	P50, P99 time.Duration
 	// FirstErr is the first error seen, if any.
 	FirstErr error
+	// CPU is the CPU time the servers used during the measured time, when known.
+	CPU time.Duration
+}
+
+// CPUPerOp returns the servers' CPU time per successful operation.
+func (r Result) CPUPerOp() time.Duration {
+	if r.Ops == 0 {
+		return 0
+	}
+	return r.CPU / time.Duration(r.Ops)
 }
 
 // Rate returns operations per second.
@@ -41,8 +51,9 @@ func percentile(sorted []time.Duration, p float64) time.Duration {
 type op func(ctx context.Context, worker, seq int) error
 
 // closedLoop runs workers that each issue op back to back: first for warmup (not
-// measured), then for dur. It returns when every worker has stopped.
-func closedLoop(ctx context.Context, workers int, warmup, dur time.Duration, fn op) Result {
+// measured), then for dur. It returns when every worker has stopped. cpu, when not nil,
+// reads the servers' CPU time at the start and the end of the measured time.
+func closedLoop(ctx context.Context, workers int, warmup, dur time.Duration, cpu func() time.Duration, fn op) Result {
 	type local struct {
 		lat      []time.Duration
 		errs     int
@@ -53,6 +64,17 @@ func closedLoop(ctx context.Context, workers int, warmup, dur time.Duration, fn 
 	start := time.Now()
 	measureFrom := start.Add(warmup)
 	end := measureFrom.Add(dur)
+	var cpuStart, cpuEnd time.Duration
+	if cpu != nil {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			time.Sleep(time.Until(measureFrom))
+			cpuStart = cpu()
+			time.Sleep(time.Until(end))
+			cpuEnd = cpu()
+		}()
+	}
 	for w := range workers {
 		wg.Add(1)
 		go func() {
@@ -98,7 +120,13 @@ func closedLoop(ctx context.Context, workers int, warmup, dur time.Duration, fn 
 	r.Ops = len(all)
 	r.Elapsed = dur
 	r.P50, r.P99 = percentile(all, 50), percentile(all, 99)
+	r.CPU = cpuEnd - cpuStart
 	return r
+}
+
+// fmtMicros prints a duration in µs.
+func fmtMicros(d time.Duration) string {
+	return fmt.Sprintf("%.0f µs", float64(d)/float64(time.Microsecond))
 }
 
 // fmtDur prints a latency in ms with a sensible precision.

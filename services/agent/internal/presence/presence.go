@@ -1,13 +1,18 @@
 // Package presence keeps the agent's presence in coord: a session, and in it the ephemeral
-// node /berth/alive/<host> whose value is the agent's AgentInfo (protojson). When the
+// node /berth/alive/<host> whose value is the agent's AgentInfo (protojson), plus any other
+// ephemeral nodes the agent owns (its registered instances, /berth/instances/...). When the
 // session is lost (expired, the store unreachable for longer than its TTL) a new one is
-// opened and the node put again, with backoff; the node is refreshed when the facts change.
+// opened and every node put again, with backoff; the alive node is refreshed when the facts
+// change. Closing the session (the agent stops or dies) deletes every node at once.
 package presence
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
+	"sort"
+	"sync"
 	"time"
 
 	"google.golang.org/protobuf/encoding/protojson"
@@ -33,9 +38,17 @@ const (
 type Store interface {
 	// OpenSession opens a session with the TTL, kept alive until ctx ends or Close.
 	OpenSession(ctx context.Context, ttl time.Duration) (Session, error)
-	// PutEphemeral creates or replaces the node at path with value, owned by s.
-	PutEphemeral(ctx context.Context, path string, value []byte, s Session) error
+	// PutEphemeral creates or replaces the node at path with value, owned by s, and returns
+	// the revision of the write.
+	PutEphemeral(ctx context.Context, path string, value []byte, s Session) (int64, error)
+	// Delete deletes the node at path (no error when it does not exist) and returns the
+	// revision of the delete (the current revision when there was nothing to delete).
+	Delete(ctx context.Context, path string) (int64, error)
 }
+
+// ErrNoSession is returned by Keeper.Put and Keeper.Delete when no session is open: the
+// change is kept and applied when the next session opens.
+var ErrNoSession = errors.New("presence: no coord session")
 
 // Session is an open coord session.
 type Session interface {
@@ -60,13 +73,24 @@ func (s clientStore) OpenSession(ctx context.Context, ttl time.Duration) (Sessio
 	return clientSession{sess}, nil
 }
 
-func (s clientStore) PutEphemeral(ctx context.Context, path string, value []byte, sess Session) error {
+func (s clientStore) PutEphemeral(ctx context.Context, path string, value []byte, sess Session) (int64, error) {
 	cs, ok := sess.(clientSession)
 	if !ok {
-		return fmt.Errorf("put %s: session of another store", path)
+		return 0, fmt.Errorf("put %s: session of another store", path)
 	}
-	_, err := s.c.Put(ctx, path, value, coordclient.Ephemeral(cs.s.ID()))
-	return err
+	res, err := s.c.Put(ctx, path, value, coordclient.Ephemeral(cs.s.ID()))
+	if err != nil {
+		return 0, err
+	}
+	return res.Revision, nil
+}
+
+func (s clientStore) Delete(ctx context.Context, path string) (int64, error) {
+	res, err := s.c.Delete(ctx, path)
+	if err != nil {
+		return 0, err
+	}
+	return res.Revision, nil
 }
 
 type clientSession struct{ s *coordclient.Session }
@@ -90,14 +114,24 @@ type Config struct {
 	Logger *slog.Logger
 }
 
-// Keeper keeps the alive node.
+// Keeper keeps the alive node and the other ephemeral nodes it is given.
 type Keeper struct {
 	cfg   Config
 	store Store
 	log   *slog.Logger
 
-	// state holds whether the node is in place: a one-slot channel used as a lock.
+	// state holds whether the alive node is in place: a one-slot channel used as a lock.
 	state chan bool
+
+	// mu serializes every write to the store, so that a node's put and delete, and the
+	// re-puts of a new session, happen in the order they were asked for. It is held during
+	// the store calls.
+	mu sync.Mutex
+	// sess is the open session whose nodes are in place, nil between sessions.
+	sess Session
+	// nodes are the ephemeral nodes besides the alive node, by path: what every new session
+	// puts.
+	nodes map[string][]byte
 }
 
 // New returns a keeper; Run starts it.
@@ -111,7 +145,7 @@ func New(cfg Config, store Store) *Keeper {
 	if cfg.Logger == nil {
 		cfg.Logger = slog.New(slog.DiscardHandler)
 	}
-	k := &Keeper{cfg: cfg, store: store, log: cfg.Logger, state: make(chan bool, 1)}
+	k := &Keeper{cfg: cfg, store: store, log: cfg.Logger, state: make(chan bool, 1), nodes: map[string][]byte{}}
 	k.state <- false
 	return k
 }
@@ -132,6 +166,53 @@ func (k *Keeper) Ready(context.Context) error {
 func (k *Keeper) set(up bool) {
 	<-k.state
 	k.state <- up
+}
+
+// Put makes path an ephemeral node holding value in the agent's session, now when a session
+// is open (returning the revision of the write) and again in every later session. With no
+// session open it returns ErrNoSession: the node is put when one opens. A write error
+// leaves the node wanted; the next session puts it.
+func (k *Keeper) Put(ctx context.Context, path string, value []byte) (int64, error) {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	k.nodes[path] = append([]byte(nil), value...)
+	if k.sess == nil {
+		return 0, ErrNoSession
+	}
+	rev, err := k.store.PutEphemeral(ctx, path, value, k.sess)
+	if err != nil {
+		return 0, fmt.Errorf("put %s: %w", path, err)
+	}
+	return rev, nil
+}
+
+// Delete stops keeping path and deletes it now when a session is open, returning the
+// revision of the delete. With no session open the node is already gone (it was ephemeral
+// in the last session) and Delete returns ErrNoSession.
+func (k *Keeper) Delete(ctx context.Context, path string) (int64, error) {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	delete(k.nodes, path)
+	if k.sess == nil {
+		return 0, ErrNoSession
+	}
+	rev, err := k.store.Delete(ctx, path)
+	if err != nil {
+		return 0, fmt.Errorf("delete %s: %w", path, err)
+	}
+	return rev, nil
+}
+
+// Nodes returns the paths of the nodes kept besides the alive node, sorted.
+func (k *Keeper) Nodes() []string {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	out := make([]string, 0, len(k.nodes))
+	for p := range k.nodes {
+		out = append(out, p)
+	}
+	sort.Strings(out)
+	return out
 }
 
 // Run keeps the node until ctx ends, then closes the session (which deletes the node) and
@@ -164,6 +245,9 @@ func (k *Keeper) hold(ctx context.Context) error {
 		return fmt.Errorf("open coord session: %w", err)
 	}
 	defer func() {
+		k.mu.Lock()
+		k.sess = nil
+		k.mu.Unlock()
 		cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 2*time.Second)
 		defer cancel()
 		if err := sess.Close(cctx); err != nil {
@@ -180,13 +264,20 @@ func (k *Keeper) hold(ctx context.Context) error {
 		if err != nil {
 			return fmt.Errorf("encode agent info: %w", err)
 		}
-		if err := k.store.PutEphemeral(ctx, k.Path(), value, sess); err != nil {
+		k.mu.Lock()
+		defer k.mu.Unlock()
+		if _, err := k.store.PutEphemeral(ctx, k.Path(), value, sess); err != nil {
 			return fmt.Errorf("put %s: %w", k.Path(), err)
 		}
 		last = info
 		return nil
 	}
 	if err := put(); err != nil {
+		return err
+	}
+	// The other nodes go into the new session, in path order, before it is handed to Put
+	// and Delete.
+	if err := k.adopt(ctx, sess); err != nil {
 		return err
 	}
 	k.set(true)
@@ -205,6 +296,27 @@ func (k *Keeper) hold(ctx context.Context) error {
 			}
 		}
 	}
+}
+
+// adopt puts every kept node in sess and makes sess the session of later Puts.
+func (k *Keeper) adopt(ctx context.Context, sess Session) error {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	paths := make([]string, 0, len(k.nodes))
+	for p := range k.nodes {
+		paths = append(paths, p)
+	}
+	sort.Strings(paths)
+	for _, p := range paths {
+		if _, err := k.store.PutEphemeral(ctx, p, k.nodes[p], sess); err != nil {
+			return fmt.Errorf("put %s: %w", p, err)
+		}
+	}
+	k.sess = sess
+	if len(paths) > 0 {
+		k.log.Info("ephemeral nodes put again in the new session", "nodes", len(paths))
+	}
+	return nil
 }
 
 // significant is info without the noise of free disk space below a GiB, so that a refresh

@@ -21,6 +21,7 @@ type fakeStore struct {
 	failOpen int // opens that fail before one succeeds
 	sessions []*fakeSession
 	puts     []put
+	deletes  []string
 	opened   chan *fakeSession
 }
 
@@ -58,11 +59,31 @@ func (f *fakeStore) OpenSession(ctx context.Context, ttl time.Duration) (Session
 	return s, nil
 }
 
-func (f *fakeStore) PutEphemeral(ctx context.Context, path string, value []byte, s Session) error {
+func (f *fakeStore) PutEphemeral(ctx context.Context, path string, value []byte, s Session) (int64, error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	f.puts = append(f.puts, put{path, value, s.(*fakeSession)})
-	return nil
+	return int64(len(f.puts) + len(f.deletes)), nil
+}
+
+func (f *fakeStore) Delete(ctx context.Context, path string) (int64, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.deletes = append(f.deletes, path)
+	return int64(len(f.puts) + len(f.deletes)), nil
+}
+
+// putsIn returns the paths put in session s, in order.
+func (f *fakeStore) putsIn(s *fakeSession) []string {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	var out []string
+	for _, p := range f.puts {
+		if p.session == s {
+			out = append(out, p.path)
+		}
+	}
+	return out
 }
 
 func (f *fakeStore) lastPut() put {
@@ -135,4 +156,61 @@ func waitReady(t *testing.T, k *Keeper) {
 		}
 		time.Sleep(10 * time.Millisecond)
 	}
+}
+
+func TestKeeperNodesFollowSessions(t *testing.T) {
+	store := &fakeStore{opened: make(chan *fakeSession, 4)}
+	k := New(Config{Host: "h1", SessionTTL: time.Second, Refresh: time.Hour, Gather: func(context.Context) *agentv1.AgentInfo {
+		return &agentv1.AgentInfo{HostId: "h1"}
+	}}, store)
+
+	// Before any session: the node is kept and ErrNoSession says it is not in place yet.
+	if _, err := k.Put(t.Context(), "/berth/instances/a/b/i-1", []byte("one")); !errors.Is(err, ErrNoSession) {
+		t.Fatalf("Put before a session: got %v, want ErrNoSession", err)
+	}
+	ctx, cancel := context.WithCancel(t.Context())
+	errc := make(chan error, 1)
+	go func() { errc <- k.Run(ctx) }()
+	first := waitSession(t, store)
+	waitReady(t, k)
+	if got, want := store.putsIn(first), []string{"/berth/alive/h1", "/berth/instances/a/b/i-1"}; !equal(got, want) {
+		t.Fatalf("puts in the first session: got %v, want %v", got, want)
+	}
+	if rev, err := k.Put(t.Context(), "/berth/instances/a/b/i-2", []byte("two")); err != nil || rev == 0 {
+		t.Fatalf("Put in a session: got rev %d, %v; want a revision", rev, err)
+	}
+	if _, err := k.Delete(t.Context(), "/berth/instances/a/b/i-1"); err != nil {
+		t.Fatalf("Delete: %v", err)
+	}
+
+	// A new session gets the alive node and the nodes still kept, not the deleted one.
+	first.expire()
+	second := waitSession(t, store)
+	deadline := time.Now().Add(5 * time.Second)
+	want := []string{"/berth/alive/h1", "/berth/instances/a/b/i-2"}
+	for !equal(store.putsIn(second), want) && time.Now().Before(deadline) {
+		time.Sleep(10 * time.Millisecond)
+	}
+	if got := store.putsIn(second); !equal(got, want) {
+		t.Fatalf("puts in the second session: got %v, want %v", got, want)
+	}
+	if got := k.Nodes(); !equal(got, []string{"/berth/instances/a/b/i-2"}) {
+		t.Errorf("Nodes: got %v, want [/berth/instances/a/b/i-2]", got)
+	}
+	cancel()
+	if err := <-errc; err != nil {
+		t.Fatalf("Run: %v", err)
+	}
+}
+
+func equal(a, b []string) bool {
+	if len(a) != len(b) {
+		return false
+	}
+	for i := range a {
+		if a[i] != b[i] {
+			return false
+		}
+	}
+	return true
 }
