@@ -10,7 +10,7 @@ import (
 )
 
 func newDevCmd() *cobra.Command {
-	cfg := dev.Config{NATSPort: dev.DefaultNATSPort, CoordPort: dev.DefaultCoordPort, AdminPort: dev.DefaultAdminPort, Host: dev.DefaultHost}
+	cfg := dev.Config{NATSPort: dev.DefaultNATSPort, CoordPort: dev.DefaultCoordPort, AdminPort: dev.DefaultAdminPort, ControllerPort: dev.DefaultControllerPort, Host: dev.DefaultHost}
 	cmd := &cobra.Command{
 		Use:   "dev",
 		Short: "Run every Berth service in this process, for trying Berth out",
@@ -41,6 +41,7 @@ every endpoint when it is up; Ctrl-C stops everything cleanly.`,
 	f.BoolVar(&cfg.Ephemeral, "ephemeral", false, "use a throwaway data directory, removed on exit")
 	f.IntVar(&cfg.NATSPort, "nats-port", dev.DefaultNATSPort, "NATS client port (0 picks a free one)")
 	f.IntVar(&cfg.CoordPort, "coord-port", dev.DefaultCoordPort, "coord client port; the next port is its peer port")
+	f.IntVar(&cfg.ControllerPort, "controller-port", dev.DefaultControllerPort, "port of the controller's HTTP API (0 picks one)")
 	f.IntVar(&cfg.AdminPort, "admin-port", dev.DefaultAdminPort, "port of /metrics, /healthz and /readyz of everything (0 picks one)")
 	f.StringVar(&cfg.LogLevel, "log-level", "warn", "services' log level: debug, info, warn or error")
 	return cmd

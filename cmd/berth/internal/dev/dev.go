@@ -35,6 +35,8 @@ type Config struct {
 	NATSPort int
 	// CoordPort is coord's client port; its peer port is the next one.
 	CoordPort int
+	// ControllerPort serves the controller's HTTP API.
+	ControllerPort int
 	// AdminPort serves /metrics, /healthz and /readyz of everything.
 	AdminPort int
 	// LogLevel is the level of the services' logs.
@@ -52,6 +54,8 @@ const (
 	DefaultNATSPort  = 4222
 	DefaultCoordPort = 7379
 	DefaultAdminPort = 7090
+	// DefaultControllerPort is the controller API's port.
+	DefaultControllerPort = 7070
 )
 
 // DefaultDataDir is where berth dev keeps its data when --data is not given.
@@ -73,6 +77,9 @@ func (c *Config) Validate() error {
 	}
 	if c.AdminPort < 0 || c.AdminPort > 65535 {
 		return fmt.Errorf("--admin-port %d: want 0..65535", c.AdminPort)
+	}
+	if c.ControllerPort < 0 || c.ControllerPort > 65535 {
+		return fmt.Errorf("--controller-port %d: want 0..65535", c.ControllerPort)
 	}
 	if c.CoordPort < 1 || c.CoordPort > 65534 {
 		return fmt.Errorf("--coord-port %d: want 1..65534 (the next port is coord's peer port)", c.CoordPort)

@@ -22,5 +22,6 @@ var services = []service{
 	{name: "cmdb-sync", start: startCMDBSync},
 	{name: "scheduler", start: startScheduler},
 	{name: "agent", start: startAgent},
+	{name: "controller", start: startController},
 	{name: "admin", start: startAdmin},
 }

@@ -349,7 +349,8 @@ func sortBy(field string, list []Instance) ([]Instance, error) {
 // Selectable returns the instances of a view a template gets: healthy and active
 // (dnsview.Selectable) with a valid address, less the policy's exclusions; in panic, the
 // last known good set among the registered instances. Weights are the policy's instance
-// weight when it sets one, else the instance's, else 100. Sorted by id.
+// weight when it sets one, else the instance's, else 100; instances the policy weighs 0
+// are left out unless all are. Sorted by id.
 func Selectable(v *namesv1.ServiceView) []Instance {
 	if v == nil {
 		return nil
@@ -375,13 +376,11 @@ func Selectable(v *namesv1.ServiceView) []Instance {
 			continue
 		}
 		w := int(in.GetWeight())
+		if w == 0 {
+			w = dnsview.DefaultWeight
+		}
 		if pw, ok := v.GetPolicy().GetInstanceWeights()[in.GetId()]; ok {
 			w = int(pw)
-		}
-		if w == 0 {
-			if _, ok := v.GetPolicy().GetInstanceWeights()[in.GetId()]; !ok {
-				w = dnsview.DefaultWeight
-			}
 		}
 		svc := in.GetService()
 		if svc == "" {
@@ -389,6 +388,10 @@ func Selectable(v *namesv1.ServiceView) []Instance {
 		}
 		out = append(out, Instance{ID: in.GetId(), Service: svc, Host: in.GetHost(), IP: in.GetIp(), Port: int(in.GetPort()),
 			DC: in.GetDc(), Version: in.GetVersion(), Tags: slices.Clone(in.GetTags()), Weight: w})
+	}
+	// A policy weight of 0 takes an instance out of rotation, unless every one has 0.
+	if nonzero := slices.DeleteFunc(slices.Clone(out), func(i Instance) bool { return i.Weight == 0 }); len(nonzero) > 0 {
+		out = nonzero
 	}
 	slices.SortFunc(out, func(a, b Instance) int { return strings.Compare(a.ID, b.ID) })
 	return out
