@@ -32,3 +32,5 @@ replace github.com/berthdev/berth/services/scheduler => ../services/scheduler
 replace github.com/berthdev/berth/services/task-controller => ../services/task-controller
 
 replace github.com/berthdev/berth/services/name-service => ../services/name-service
+
+replace github.com/berthdev/berth/services/image-builder => ../services/image-builder

@@ -124,16 +124,16 @@ type Options struct {
 // Written is one file Init wrote.
 type Written struct {
 	// Path is the file's path.
-	Path string
+	Path string `json:"path"`
 	// Mode is its permission bits.
-	Mode os.FileMode
+	Mode os.FileMode `json:"mode"`
 	// What describes it: "CA certificate", "CA key", "certificate", "key".
-	What string
+	What string `json:"what"`
 	// Name is the identity (common name) of the certificate or key.
-	Name string
+	Name string `json:"name"`
 	// Hosts are a certificate's DNS and IP SANs; NotAfter its expiry.
-	Hosts    []string
-	NotAfter time.Time
+	Hosts    []string  `json:"hosts,omitempty"`
+	NotAfter time.Time `json:"not_after,omitzero"`
 }
 
 // Init makes a CA and a certificate per service in opts.Dir. It checks every option and
@@ -458,7 +458,7 @@ func ServerConfig(certFile, keyFile, caFile string) (*tls.Config, error) {
 	return &tls.Config{
 		Certificates: []tls.Certificate{pair},
 		ClientCAs:    pool,
-		ClientAuth:   tls.VerifyClientCertIfGiven,
+		ClientAuth:   tls.RequireAndVerifyClientCert,
 		MinVersion:   tls.VersionTLS12,
 	}, nil
 }

@@ -55,3 +55,5 @@ replace github.com/berthdev/berth/services/scheduler => ../scheduler
 replace github.com/berthdev/berth/services/task-controller => ../task-controller
 
 replace github.com/berthdev/berth/services/name-service => ../name-service
+
+replace github.com/berthdev/berth/services/image-builder => ../image-builder

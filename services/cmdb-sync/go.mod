@@ -50,3 +50,5 @@ require (
 replace github.com/berthdev/berth/services/task-controller => ../task-controller
 
 replace github.com/berthdev/berth/services/name-service => ../name-service
+
+replace github.com/berthdev/berth/services/image-builder => ../image-builder

@@ -4,6 +4,8 @@ go 1.26.8
 
 require (
 	github.com/Microsoft/go-winio v0.6.2 // indirect
+	github.com/berthdev/berth/pkg v0.0.0-00010101000000-000000000000
+	github.com/berthdev/berth/proto v0.0.0-00010101000000-000000000000
 	github.com/containerd/errdefs v1.0.0 // indirect
 	github.com/containerd/errdefs/pkg v0.3.0 // indirect
 	github.com/distribution/reference v0.6.0 // indirect
@@ -24,3 +26,23 @@ require (
 	go.opentelemetry.io/otel/trace v1.35.0 // indirect
 	golang.org/x/sys v0.33.0 // indirect
 )
+
+replace github.com/berthdev/berth/cmd/berth => ../../cmd/berth
+
+replace github.com/berthdev/berth/pkg => ../../pkg
+
+replace github.com/berthdev/berth/proto => ../../proto
+
+replace github.com/berthdev/berth/services/agent => ../agent
+
+replace github.com/berthdev/berth/services/cmdb-sync => ../cmdb-sync
+
+replace github.com/berthdev/berth/services/coord => ../coord
+
+replace github.com/berthdev/berth/services/name-service => ../name-service
+
+replace github.com/berthdev/berth/services/scheduler => ../scheduler
+
+replace github.com/berthdev/berth/services/task-controller => ../task-controller
+
+replace github.com/berthdev/berth/test => ../../test

@@ -48,3 +48,5 @@ replace github.com/berthdev/berth/services/scheduler => ../scheduler
 replace github.com/berthdev/berth/services/task-controller => ../task-controller
 
 replace github.com/berthdev/berth/test => ../../test
+
+replace github.com/berthdev/berth/services/image-builder => ../image-builder

@@ -47,3 +47,5 @@ replace github.com/berthdev/berth/services/scheduler => ../scheduler
 replace github.com/berthdev/berth/test => ../../test
 
 replace github.com/berthdev/berth/services/name-service => ../name-service
+
+replace github.com/berthdev/berth/services/image-builder => ../image-builder

@@ -10,7 +10,7 @@ import (
 )
 
 func newDevCmd() *cobra.Command {
-	cfg := dev.Config{NATSPort: dev.DefaultNATSPort, CoordPort: dev.DefaultCoordPort, AdminPort: dev.DefaultAdminPort, ControllerPort: dev.DefaultControllerPort, Host: dev.DefaultHost}
+	cfg := dev.Config{NATSPort: dev.DefaultNATSPort, CoordPort: dev.DefaultCoordPort, AdminPort: dev.DefaultAdminPort, ControllerPort: dev.DefaultControllerPort, DNSPort: dev.DefaultDNSPort, NamesPort: dev.DefaultNamesPort, Host: dev.DefaultHost}
 	cmd := &cobra.Command{
 		Use:   "dev",
 		Short: "Run every Berth service in this process, for trying Berth out",
@@ -42,6 +42,8 @@ every endpoint when it is up; Ctrl-C stops everything cleanly.`,
 	f.IntVar(&cfg.NATSPort, "nats-port", dev.DefaultNATSPort, "NATS client port (0 picks a free one)")
 	f.IntVar(&cfg.CoordPort, "coord-port", dev.DefaultCoordPort, "coord client port; the next port is its peer port")
 	f.IntVar(&cfg.ControllerPort, "controller-port", dev.DefaultControllerPort, "port of the controller's HTTP API (0 picks one)")
+	f.IntVar(&cfg.DNSPort, "dns-port", dev.DefaultDNSPort, "port of the name service's DNS, UDP and TCP (0 picks one)")
+	f.IntVar(&cfg.NamesPort, "names-port", dev.DefaultNamesPort, "port of the name service's HTTP API (0 picks one)")
 	f.IntVar(&cfg.AdminPort, "admin-port", dev.DefaultAdminPort, "port of /metrics, /healthz and /readyz of everything (0 picks one)")
 	f.StringVar(&cfg.LogLevel, "log-level", "warn", "services' log level: debug, info, warn or error")
 	return cmd

@@ -45,6 +45,7 @@ func NewRoot() *cobra.Command {
 		newTreeCmd(),
 		newHostsCmd(),
 		newAgentCmd(),
+		newCertsCmd(),
 	)
 	return root
 }

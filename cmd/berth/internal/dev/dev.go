@@ -35,6 +35,10 @@ type Config struct {
 	NATSPort int
 	// CoordPort is coord's client port; its peer port is the next one.
 	CoordPort int
+	// DNSPort serves the name service's DNS (UDP and TCP).
+	DNSPort int
+	// NamesPort serves the name service's HTTP API.
+	NamesPort int
 	// ControllerPort serves the controller's HTTP API.
 	ControllerPort int
 	// AdminPort serves /metrics, /healthz and /readyz of everything.
@@ -56,6 +60,10 @@ const (
 	DefaultAdminPort = 7090
 	// DefaultControllerPort is the controller API's port.
 	DefaultControllerPort = 7070
+	// DefaultDNSPort is the name service's DNS port.
+	DefaultDNSPort = 5354
+	// DefaultNamesPort is the name service's HTTP API port.
+	DefaultNamesPort = 7071
 )
 
 // DefaultDataDir is where berth dev keeps its data when --data is not given.
@@ -77,6 +85,14 @@ func (c *Config) Validate() error {
 	}
 	if c.AdminPort < 0 || c.AdminPort > 65535 {
 		return fmt.Errorf("--admin-port %d: want 0..65535", c.AdminPort)
+	}
+	for _, p := range []struct {
+		flag string
+		port int
+	}{{"--dns-port", c.DNSPort}, {"--names-port", c.NamesPort}} {
+		if p.port < 0 || p.port > 65535 {
+			return fmt.Errorf("%s %d: want 0..65535", p.flag, p.port)
+		}
 	}
 	if c.ControllerPort < 0 || c.ControllerPort > 65535 {
 		return fmt.Errorf("--controller-port %d: want 0..65535", c.ControllerPort)
@@ -101,6 +117,8 @@ type env struct {
 	reg *prometheus.Registry
 	// hostID is this machine's host id: the local agent's and the inventory's.
 	hostID string
+	// dnsAddr is the name service's DNS address.
+	dnsAddr string
 	// coordReg is coord's own registry, served with reg.
 	coordReg prometheus.Gatherer
 	// readyChecks are served on /readyz.

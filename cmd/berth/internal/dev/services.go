@@ -23,5 +23,6 @@ var services = []service{
 	{name: "scheduler", start: startScheduler},
 	{name: "agent", start: startAgent},
 	{name: "controller", start: startController},
+	{name: "name-service", start: startNames},
 	{name: "admin", start: startAdmin},
 }

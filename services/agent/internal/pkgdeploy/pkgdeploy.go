@@ -100,7 +100,52 @@ type Config struct {
 	// Registerer receives pkg/artifact's metrics (berth_artifact_*); nil does not export
 	// them.
 	Registerer prometheus.Registerer
+	// Lifecycle is told when releases start and stop (templates, registration, draining);
+	// nil tells nobody.
+	Lifecycle Lifecycle
 }
+
+// Release is one release of a service on this host, as Lifecycle sees it.
+type Release struct {
+	// Service and Version name it.
+	Service, Version string
+	// Dir is its directory (releases/<version>); template destinations and scripts are
+	// inside it.
+	Dir string
+	// Descriptor is its berth.yaml.
+	Descriptor *Descriptor
+	// Env is the environment its scripts get (BERTH_SCRIPT=reload), for the reload script
+	// and template check commands.
+	Env []string
+}
+
+// Lifecycle is told about the releases the plugin starts and stops, so that the agent can
+// render their templates, register their instances and drain them. The plugin owns this
+// interface; the agent's apps package implements it. Errors of Prepare fail the action
+// before anything is stopped; errors of the others are reported in the step's output and
+// do not fail it.
+type Lifecycle interface {
+	// Prepare renders the release's templates into its directory before its start script
+	// runs.
+	Prepare(ctx context.Context, r Release) error
+	// Started is called once the release passed its health checks rise times in a row: its
+	// instance is registered and its templates may reload it.
+	Started(ctx context.Context, r Release) error
+	// Stopping is called before the release's stop script runs: its instance is drained
+	// (draining, deregistered, and the drain barrier waited for).
+	Stopping(ctx context.Context, r Release) error
+	// Stopped is called after the release stopped, or when a prepared release is not
+	// started after all: its templates stop.
+	Stopped(r Release)
+}
+
+// nopLifecycle tells nobody.
+type nopLifecycle struct{}
+
+func (nopLifecycle) Prepare(context.Context, Release) error  { return nil }
+func (nopLifecycle) Started(context.Context, Release) error  { return nil }
+func (nopLifecycle) Stopping(context.Context, Release) error { return nil }
+func (nopLifecycle) Stopped(Release)                         {}
 
 // Fetcher gets a verified artifact into the local cache and returns its path. Its errors
 // carry their outcome: wrapped with plugin.Retryable when a later attempt may pass.
@@ -126,6 +171,9 @@ func New(cfg Config) (*Plugin, error) {
 	}
 	if cfg.Path == "" {
 		cfg.Path = plugin.DefaultPath
+	}
+	if cfg.Lifecycle == nil {
+		cfg.Lifecycle = nopLifecycle{}
 	}
 	if cfg.Fetcher == nil {
 		f, err := newArtifactFetcher(cfg)
@@ -457,14 +505,30 @@ func (a *action) switchTo(ctx context.Context, s *service, from, to string, dead
 			oldDesc = nil
 		}
 	}
+	lc := a.p.cfg.Lifecycle
+	newRel := a.release(s, to, newDesc)
+	if err := lc.Prepare(ctx, newRel); err != nil {
+		lc.Stopped(newRel)
+		return plugin.Failed(agentv1.FailureClass_FAILURE_CLASS_APPLICATION,
+			fmt.Errorf("release %s of %s: %w; nothing was changed", to, s.name, err))
+	}
 	if oldDesc != nil {
+		oldRel := a.release(s, from, oldDesc)
+		if err := lc.Stopping(ctx, oldRel); err != nil {
+			a.say("draining %s: %v (stopping it anyway)", from, err)
+		}
 		a.say("stopping %s", from)
 		if err := a.script(ctx, s, from, oldDesc, "stop"); err != nil {
+			lc.Stopped(newRel)
+			// The old release still runs: register it again.
+			a.started(ctx, s, from, oldDesc)
 			return plugin.Failed(agentv1.FailureClass_FAILURE_CLASS_APPLICATION,
 				fmt.Errorf("stop release %s of %s: %w; nothing was changed and %s is still current", from, s.name, err, from))
 		}
+		lc.Stopped(oldRel)
 	}
 	if err := s.flip(to); err != nil {
+		lc.Stopped(newRel)
 		a.restore(s, from, oldDesc, to, nil)
 		return hostFailure("make %s current: %v", to, err)
 	}
@@ -476,9 +540,11 @@ func (a *action) switchTo(ctx context.Context, s *service, from, to string, dead
 		failure = fmt.Errorf("release %s of %s: %w", to, s.name, err)
 	}
 	if failure == nil {
+		a.started(ctx, s, to, newDesc)
 		return nil
 	}
 	a.say("%v", failure)
+	lc.Stopped(newRel)
 	restored := a.restore(s, from, oldDesc, to, newDesc)
 	return plugin.Failed(agentv1.FailureClass_FAILURE_CLASS_APPLICATION, fmt.Errorf("%w; %s", failure, restored))
 }
@@ -508,12 +574,17 @@ func (a *action) restore(s *service, from string, oldDesc *Descriptor, to string
 		return fmt.Sprintf("current is %s again, but its berth.yaml cannot be read to start it", from)
 	}
 	a.say("current is %s again; starting it", from)
+	oldRel := a.release(s, from, oldDesc)
+	if err := a.p.cfg.Lifecycle.Prepare(ctx, oldRel); err != nil {
+		a.say("templates of %s: %v", from, err)
+	}
 	if err := a.script(ctx, s, from, oldDesc, "start"); err != nil {
 		return fmt.Sprintf("current is %s again but its start script failed: %v", from, err)
 	}
 	if err := a.waitHealthy(ctx, s, from, oldDesc, a.p.cfg.HealthDeadline); err != nil {
 		return fmt.Sprintf("rolled back to %s, which was started but is not healthy: %v", from, err)
 	}
+	a.started(ctx, s, from, oldDesc)
 	return fmt.Sprintf("rolled back to %s, which is running and healthy again", from)
 }
 
@@ -524,8 +595,13 @@ func (a *action) ensureRunning(ctx context.Context, s *service, version string, 
 	if err != nil {
 		return err
 	}
+	rel := a.release(s, version, desc)
+	if err := a.p.cfg.Lifecycle.Prepare(ctx, rel); err != nil {
+		return plugin.Failed(agentv1.FailureClass_FAILURE_CLASS_APPLICATION, fmt.Errorf("release %s of %s: %w", version, s.name, err))
+	}
 	if err := a.healthOnce(ctx, s, version, desc); err == nil {
 		a.say("%s %s is healthy", s.name, version)
+		a.started(ctx, s, version, desc)
 		return nil
 	}
 	a.say("%s %s is not healthy; starting it", s.name, version)
@@ -535,6 +611,7 @@ func (a *action) ensureRunning(ctx context.Context, s *service, version string, 
 	if err := a.waitHealthy(ctx, s, version, desc, deadline); err != nil {
 		return plugin.Failed(agentv1.FailureClass_FAILURE_CLASS_APPLICATION, fmt.Errorf("release %s of %s: %w", version, s.name, err))
 	}
+	a.started(ctx, s, version, desc)
 	return nil
 }
 
@@ -611,9 +688,15 @@ func (a *action) stop(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
+	rel := a.release(s, cur, desc)
+	if err := a.p.cfg.Lifecycle.Stopping(ctx, rel); err != nil {
+		a.say("draining %s: %v (stopping it anyway)", cur, err)
+	}
 	if err := a.script(ctx, s, cur, desc, "stop"); err != nil {
+		a.started(ctx, s, cur, desc)
 		return plugin.Failed(agentv1.FailureClass_FAILURE_CLASS_APPLICATION, fmt.Errorf("stop release %s of %s: %w", cur, svc, err))
 	}
+	a.p.cfg.Lifecycle.Stopped(rel)
 	a.say("stopped %s %s", svc, cur)
 	return nil
 }
@@ -643,12 +726,17 @@ func (a *action) start(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
+	rel := a.release(s, cur, desc)
+	if err := a.p.cfg.Lifecycle.Prepare(ctx, rel); err != nil {
+		return plugin.Failed(agentv1.FailureClass_FAILURE_CLASS_APPLICATION, fmt.Errorf("release %s of %s: %w", cur, svc, err))
+	}
 	if err := a.script(ctx, s, cur, desc, "start"); err != nil {
 		return plugin.Failed(agentv1.FailureClass_FAILURE_CLASS_APPLICATION, fmt.Errorf("start release %s of %s: %w", cur, svc, err))
 	}
 	if err := a.waitHealthy(ctx, s, cur, desc, deadline); err != nil {
 		return plugin.Failed(agentv1.FailureClass_FAILURE_CLASS_APPLICATION, fmt.Errorf("release %s of %s: %w", cur, svc, err))
 	}
+	a.started(ctx, s, cur, desc)
 	a.say("started %s %s", svc, cur)
 	return nil
 }
@@ -698,6 +786,18 @@ func (a *action) status(ctx context.Context) error {
 	b, _ := json.Marshal(rep)
 	a.say("%s", b)
 	return nil
+}
+
+// release describes version of s for Lifecycle.
+func (a *action) release(s *service, version string, desc *Descriptor) Release {
+	return Release{Service: s.name, Version: version, Dir: s.releaseDir(version), Descriptor: desc, Env: a.p.env(s.name, s.releaseDir(version), version, desc, "reload")}
+}
+
+// started tells Lifecycle that version of s runs and is healthy.
+func (a *action) started(ctx context.Context, s *service, version string, desc *Descriptor) {
+	if err := a.p.cfg.Lifecycle.Started(ctx, a.release(s, version, desc)); err != nil {
+		a.say("registering %s %s: %v", s.name, version, err)
+	}
 }
 
 // script runs one of the release's scripts (start, stop) with the script timeout.
@@ -772,22 +872,72 @@ func (a *action) copyLog(name string, from int64) {
 
 // env is a script's environment: PATH, the agent's facts, and the release's.
 func (a *action) env(s *service, version string, desc *Descriptor, which string) []string {
-	env := []string{"PATH=" + a.p.cfg.Path}
-	keys := make([]string, 0, len(a.p.cfg.Facts))
-	for k := range a.p.cfg.Facts {
+	return a.p.env(s.name, s.releaseDir(version), version, desc, which)
+}
+
+func (p *Plugin) env(svc, dir, version string, desc *Descriptor, which string) []string {
+	env := []string{"PATH=" + p.cfg.Path}
+	keys := make([]string, 0, len(p.cfg.Facts))
+	for k := range p.cfg.Facts {
 		keys = append(keys, k)
 	}
 	sort.Strings(keys)
 	for _, k := range keys {
-		env = append(env, k+"="+a.p.cfg.Facts[k])
+		env = append(env, k+"="+p.cfg.Facts[k])
 	}
 	return append(env,
-		"BERTH_SERVICE="+s.name,
+		"BERTH_SERVICE="+svc,
 		"BERTH_VERSION="+version,
-		"BERTH_RELEASE_DIR="+s.releaseDir(version),
+		"BERTH_RELEASE_DIR="+dir,
 		"BERTH_PORT="+strconv.Itoa(desc.Port),
 		"BERTH_SCRIPT="+which,
 	)
+}
+
+// ScriptPath resolves a script named in a descriptor inside dir, refusing anything that
+// leads outside it or is not executable.
+func ScriptPath(dir, rel string) (string, error) { return scriptPath(dir, rel) }
+
+// Running returns the current release of every service deployed on this host (a current
+// link whose berth.yaml reads), for the agent to check and register again after it
+// restarts, and an error per service whose current release cannot be read.
+func (p *Plugin) Running() ([]Release, []error) {
+	var out []Release
+	var errs []error
+	_ = filepath.WalkDir(p.cfg.AppsDir, func(path string, d os.DirEntry, err error) error {
+		if err != nil {
+			return nil
+		}
+		if d.IsDir() && (d.Name() == "releases" || d.Name() == "logs" || strings.HasPrefix(d.Name(), ".")) && path != p.cfg.AppsDir {
+			return filepath.SkipDir
+		}
+		if d.Name() != "current" || d.Type()&os.ModeSymlink == 0 {
+			return nil
+		}
+		dir := filepath.Dir(path)
+		rel, err := filepath.Rel(p.cfg.AppsDir, dir)
+		if err != nil {
+			return nil
+		}
+		svc := filepath.ToSlash(rel)
+		if checkService(svc) != nil {
+			return nil
+		}
+		target, err := os.Readlink(path)
+		if err != nil {
+			return nil
+		}
+		version := filepath.Base(target)
+		rdir := filepath.Join(dir, "releases", version)
+		desc, err := loadDescriptor(rdir)
+		if err != nil {
+			errs = append(errs, fmt.Errorf("release %s of %s: %w", version, svc, err))
+			return nil
+		}
+		out = append(out, Release{Service: svc, Version: version, Dir: rdir, Descriptor: desc, Env: p.env(svc, rdir, version, desc, "reload")})
+		return nil
+	})
+	return out, errs
 }
 
 // scriptPath resolves a script named in berth.yaml inside the release directory, refusing
