@@ -25,6 +25,9 @@ require (
 	github.com/antithesishq/antithesis-sdk-go v0.8.0-default-no-op // indirect
 	github.com/berthdev/berth/services/cmdb-sync v0.0.0-00010101000000-000000000000 // indirect
 	github.com/berthdev/berth/services/scheduler v0.0.0-00010101000000-000000000000 // indirect
+	github.com/chromedp/cdproto v0.159.0 // indirect
+	github.com/chromedp/chromedp v0.23.0 // indirect
+	github.com/go-json-experiment/json v0.0.0-20260213210345-44df1a37e875 // indirect
 	github.com/google/go-tpm v0.9.8 // indirect
 	github.com/jackc/pgpassfile v1.0.0 // indirect
 	github.com/jackc/pgservicefile v0.0.0-20240606120523-5a60cdf6a761 // indirect
@@ -45,6 +48,7 @@ require (
 require (
 	github.com/beorn7/perks v1.0.1 // indirect
 	github.com/berthdev/berth/services/agent v0.0.0-00010101000000-000000000000
+	github.com/berthdev/berth/services/image-builder v0.0.0-00010101000000-000000000000
 	github.com/berthdev/berth/services/name-service v0.0.0-00010101000000-000000000000
 	github.com/berthdev/berth/services/task-controller v0.0.0-00010101000000-000000000000
 	github.com/cespare/xxhash/v2 v2.3.0 // indirect

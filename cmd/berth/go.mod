@@ -22,6 +22,7 @@ require (
 	github.com/antithesishq/antithesis-sdk-go v0.8.0-default-no-op // indirect
 	github.com/beorn7/perks v1.0.1 // indirect
 	github.com/berthdev/berth/services/agent v0.0.0-00010101000000-000000000000 // indirect
+	github.com/berthdev/berth/services/image-builder v0.0.0-00010101000000-000000000000
 	github.com/berthdev/berth/services/task-controller v0.0.0-00010101000000-000000000000 // indirect
 	github.com/cespare/xxhash/v2 v2.3.0 // indirect
 	github.com/google/go-tpm v0.9.8 // indirect

@@ -85,7 +85,7 @@ func DefaultServices() []Service {
 		{Name: "scheduler", Hosts: []string{"scheduler", "scheduler-1", "scheduler-2"}},
 		{Name: "cmdb-sync", Hosts: []string{"cmdb-sync"}},
 		{Name: "image-builder", Hosts: []string{"image-builder"}},
-		{Name: "name-service", Hosts: []string{"name-service"}},
+		{Name: "name-service", Hosts: []string{"name-service", "name-service-1", "name-service-2"}},
 		{Name: "agent", Hosts: []string{"agent", "agent-1", "agent-2"}},
 		{Name: "berth", Usage: ClientOnly},
 	}

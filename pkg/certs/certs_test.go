@@ -120,7 +120,7 @@ func TestChainVerifies(t *testing.T) {
 		{"scheduler", "scheduler", x509.ExtKeyUsageServerAuth, true},
 		{"cmdb-sync", "cmdb-sync", x509.ExtKeyUsageServerAuth, true},
 		{"image-builder", "image-builder", x509.ExtKeyUsageServerAuth, true},
-		{"name-service", "name-service", x509.ExtKeyUsageServerAuth, true},
+		{"name-service", "name-service-2", x509.ExtKeyUsageServerAuth, true},
 		{"agent", "agent-1", x509.ExtKeyUsageServerAuth, true},
 		{"berth", "", x509.ExtKeyUsageClientAuth, true},
 		{"berth", "", x509.ExtKeyUsageServerAuth, false},

@@ -720,3 +720,67 @@ func TestConfigValidate(t *testing.T) {
 		})
 	}
 }
+
+func TestStatusBeforeRunHasRecoveredCommitIndex(t *testing.T) {
+	c := newTestCluster(t, 1, nil)
+	c.start(1, false)
+	c.waitLeader()
+	var last uint64
+	for i := range 20 {
+		last = c.put(1, fmt.Sprintf("k%d", i), "v")
+	}
+	if err := c.stop(1); err != nil {
+		t.Fatal(err)
+	}
+	m := c.member(1)
+	cfg := c.config(m, false)
+	cfg.Registerer = nil
+	n, err := NewNode(cfg, newKVSM())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer n.Close()
+	st := n.Status()
+	if st.CommitIndex < last {
+		t.Errorf("commit index before Run: got %d, want at least %d (the last applied put)", st.CommitIndex, last)
+	}
+	if st.AppliedIndex >= st.CommitIndex {
+		t.Errorf("applied index before Run: got %d, want under the commit index %d (the log is not replayed yet)", st.AppliedIndex, st.CommitIndex)
+	}
+}
+
+func TestQuorumContact(t *testing.T) {
+	c := newTestCluster(t, 3, nil) // ticks of 10ms, election timeout 10 ticks
+	for id := uint64(1); id <= 3; id++ {
+		c.start(id, false)
+	}
+	leader := c.waitLeader()
+	ln := c.member(leader).node
+	if _, _, ok := c.member(c.follower(leader)).node.QuorumContact(); ok {
+		t.Error("quorum contact on a follower: got ok, want none")
+	}
+	fresh := func(what string) {
+		t.Helper()
+		waitFor(t, time.Second, what, func() (bool, string) {
+			at, ticks, ok := ln.QuorumContact()
+			return ok && ticks <= 2 && time.Since(at) < 50*time.Millisecond, fmt.Sprintf("ok %v, %d ticks, %v ago", ok, ticks, time.Since(at))
+		})
+	}
+	fresh("fresh quorum contact on the leader")
+	// With one follower gone a majority (the leader and the other follower) still answers.
+	c.stop(c.follower(leader))
+	time.Sleep(200 * time.Millisecond)
+	fresh("fresh quorum contact with 2 of 3 members")
+	// With both followers gone the contact ages, in time and in ticks, until the leader
+	// steps down.
+	f2 := c.follower(leader)
+	stopped := time.Now()
+	c.stop(f2)
+	waitFor(t, 2*time.Second, "the cut-off leader's contact to age past an election timeout, or the leader to step down", func() (bool, string) {
+		at, ticks, ok := ln.QuorumContact()
+		if ok && !at.Before(stopped.Add(10*time.Millisecond)) {
+			t.Errorf("quorum contact at %v, after the last follower stopped at %v", at, stopped)
+		}
+		return !ok || ticks > 10 && time.Since(at) > 100*time.Millisecond, fmt.Sprintf("ok %v, %d ticks, %v ago", ok, ticks, time.Since(at))
+	})
+}

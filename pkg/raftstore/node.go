@@ -27,7 +27,9 @@ type Status struct {
 	Leader uint64
 	// Term is the current Raft term.
 	Term uint64
-	// CommitIndex is the highest log index known to be committed.
+	// CommitIndex is the highest log index known to be committed. Before Run has turned
+	// the raft loop once, it is the commit index recovered from the WAL: a restarted member
+	// has applied its own committed log once AppliedIndex reaches it.
 	CommitIndex uint64
 	// AppliedIndex is the highest log index applied to the state machine.
 	AppliedIndex uint64
@@ -97,13 +99,20 @@ type Node struct {
 	snapDonec chan snapshotResult
 
 	appliedIndex atomic.Uint64
-	removedFlag  atomic.Bool
-	running      atomic.Bool
-	started      atomic.Bool
-	stopping     chan struct{} // closed when the raft loop has exited
-	closeOnce    sync.Once
-	closeErr     error
-	leaderc      chan LeaderChange
+	// leaderTerm is the term this member leads in, 0 when it does not lead.
+	leaderTerm atomic.Uint64
+	// tickCount counts the raft loop's ticks (n.ticks), for contactMark.
+	tickCount atomic.Uint64
+	// contact holds, while this member leads, when each member was last heard from in
+	// leaderTerm; the transport updates it as messages arrive (see noteContact).
+	contact     atomic.Pointer[map[uint64]*contactMark]
+	removedFlag atomic.Bool
+	running     atomic.Bool
+	started     atomic.Bool
+	stopping    chan struct{} // closed when the raft loop has exited
+	closeOnce   sync.Once
+	closeErr    error
+	leaderc     chan LeaderChange
 
 	mu         sync.Mutex
 	status     Status
@@ -342,7 +351,7 @@ func newNode(cfg Config, sm StateMachine, logger *slog.Logger, walDir, snapDir s
 	n.transport = newTransport(n)
 	n.appliedIndex.Store(n.applied)
 	n.metrics.appliedIndex.Set(float64(n.applied))
-	n.status = Status{ID: cfg.ID, AppliedIndex: n.applied, SnapshotIndex: n.snapIndex, Members: n.members.peers()}
+	n.status = Status{ID: cfg.ID, CommitIndex: max(rn.BasicStatus().GetCommit(), n.applied), AppliedIndex: n.applied, SnapshotIndex: n.snapIndex, Members: n.members.peers()}
 	n.removedIDs = n.members.clone().removed
 	return n, nil
 }
@@ -472,6 +481,9 @@ func (n *Node) loop(ctx context.Context, wg *sync.WaitGroup) error {
 		case <-ctx.Done():
 			return nil
 		case <-ticker.C:
+			// Step what peers sent first: a tick judges their contact (CheckQuorum,
+			// QuorumContact), and after a long turn their messages may still be queued.
+			n.drain()
 			n.tick()
 		case m := <-n.recvc:
 			n.step(m)
@@ -528,6 +540,7 @@ func (n *Node) drain() {
 func (n *Node) tick() {
 	n.rn.Tick()
 	n.ticks++
+	n.tickCount.Store(n.ticks)
 	n.flushProposals(true)
 	n.retryConfChanges()
 	n.retryReads()
@@ -777,6 +790,15 @@ func (n *Node) observeSoftState(ss *raft.SoftState) {
 		n.metrics.isLeader.Set(0)
 	}
 	term := n.rn.BasicStatus().GetTerm()
+	if isLeader {
+		// Being elected is hearing from a majority: count every member as heard from now.
+		n.contact.Store(nil)
+		n.resetContact()
+		n.leaderTerm.Store(term)
+	} else {
+		n.leaderTerm.Store(0)
+		n.contact.Store(nil)
+	}
 	lc := LeaderChange{Leader: ss.Lead, Term: term, IsLeader: isLeader}
 	n.logger.Info("raftstore: leader changed", "leader", fmt.Sprintf("%x", ss.Lead), "term", term, "is_leader", isLeader)
 	n.mu.Lock()
@@ -797,6 +819,50 @@ func (n *Node) observeSoftState(ss *raft.SoftState) {
 		select {
 		case n.leaderc <- lc:
 		default:
+		}
+	}
+}
+
+// contactMark is when a member was last heard from: the wall clock and the raft loop's
+// tick count, which is raft's own clock (CheckQuorum counts ticks): a process too busy to
+// tick on time stretches it, as it stretches raft's patience.
+type contactMark struct {
+	at   atomic.Int64 // unix ns
+	tick atomic.Uint64
+}
+
+// resetContact rebuilds the contact table for the current members, keeping what is known
+// of members already in it and counting the others as heard from now.
+func (n *Node) resetContact() {
+	old := n.contact.Load()
+	now := time.Now().UnixNano()
+	table := make(map[uint64]*contactMark, len(n.members.members))
+	for id := range n.members.members {
+		if old != nil && (*old)[id] != nil {
+			table[id] = (*old)[id]
+			continue
+		}
+		c := &contactMark{}
+		c.at.Store(now)
+		c.tick.Store(n.ticks)
+		table[id] = c
+	}
+	n.contact.Store(&table)
+}
+
+// noteContact records a message of the leader's term from a member: the member follows
+// this leader (raft's CheckQuorum counts the same messages). It runs on the transport's
+// goroutines, so that the contact is dated when the message arrives, not when a busy raft
+// loop gets to it.
+func (n *Node) noteContact(m *raftpb.Message) {
+	term := n.leaderTerm.Load()
+	if term == 0 || m.GetTerm() != term {
+		return
+	}
+	if table := n.contact.Load(); table != nil {
+		if c := (*table)[m.GetFrom()]; c != nil {
+			c.at.Store(time.Now().UnixNano())
+			c.tick.Store(n.tickCount.Load())
 		}
 	}
 }
@@ -1078,6 +1144,9 @@ func (n *Node) publishMembers() {
 	n.status.Members = peers
 	n.removedIDs = removed
 	n.mu.Unlock()
+	if n.isLeader {
+		n.resetContact()
+	}
 }
 
 // failAll answers every call still waiting once the loop has stopped.
@@ -1212,6 +1281,45 @@ func (n *Node) ReadIndex(ctx context.Context) error {
 	case <-n.stopping:
 		return n.stoppedErr()
 	}
+}
+
+// QuorumContact reports, while this member leads (ok), when a majority of the members
+// (this one included) had last been heard from in its term, and how many raft ticks have
+// passed since. The followers' messages are dated as they arrive, so a leader whose own
+// loop runs late still sees its quorum; and the ticks are raft's clock, which a process
+// too busy to tick on time slows down as it slows raft's CheckQuorum. A leader that has
+// not heard from a majority for an election timeout of ticks is cut off, or about to step
+// down.
+func (n *Node) QuorumContact() (at time.Time, ticksAgo uint64, ok bool) {
+	table := n.contact.Load()
+	if table == nil || n.leaderTerm.Load() == 0 {
+		return time.Time{}, 0, false
+	}
+	now := n.tickCount.Load()
+	type mark struct {
+		at   int64
+		tick uint64
+	}
+	marks := make([]mark, 0, len(*table))
+	for id, c := range *table {
+		if id != n.cfg.ID {
+			marks = append(marks, mark{c.at.Load(), c.tick.Load()})
+		}
+	}
+	// The majority less this member, which is always in contact with itself.
+	need := len(*table) / 2
+	if _, self := (*table)[n.cfg.ID]; !self {
+		need++
+	}
+	switch {
+	case need == 0:
+		return time.Now(), 0, true
+	case need > len(marks):
+		return time.Unix(0, 0), now, true
+	}
+	slices.SortFunc(marks, func(a, b mark) int { return compareUint64(b.tick, a.tick) }) // newest first
+	m := marks[need-1]                                                                   // the need-th most recent contact
+	return time.Unix(0, m.at), now - min(m.tick, now), true
 }
 
 // AppliedIndex returns the index of the last entry applied to the state machine.

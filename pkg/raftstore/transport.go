@@ -399,6 +399,7 @@ func (n *Node) checkPeer(clusterID, from, to uint64) error {
 
 // deliver hands one incoming message to the raft loop.
 func (n *Node) deliver(ctx context.Context, m *raftpb.Message) error {
+	n.noteContact(m)
 	select {
 	case n.recvc <- m:
 		return nil

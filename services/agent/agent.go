@@ -1,8 +1,12 @@
-// Package agent is berth-agent, the client on every host (DESIGN §1, §5): it answers step
-// requests from controllers over NATS, runs task plugins (executables from its local plugin
-// directories and the built-in package-deploy plugin) exactly once per step across its own
-// restarts, streams their output and publishes their results, and keeps its presence and
-// fingerprint in coord (/berth/alive/<host>, ephemeral in its session).
+// Package agent is berth-agent, the client on every host (DESIGN §1, §5, §7): it answers
+// step requests from controllers over NATS, runs task plugins (executables from its local
+// plugin directories and the built-in package-deploy plugin) exactly once per step across
+// its own restarts, streams their output and publishes their results, and keeps its
+// presence and fingerprint in coord (/berth/alive/<host>, ephemeral in its session). It
+// registers the instances of the apps on its host in the same session once their health
+// checks pass, keeps checking them, renders their configuration templates from the name
+// service's views, drains them before they stop, and serves a local caching DNS resolver
+// and a local HTTP name API from the same views.
 //
 // Embedding (berth dev):
 //
@@ -16,6 +20,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net"
 	"os"
 	"path/filepath"
 	"runtime/debug"
@@ -30,12 +35,20 @@ import (
 	"github.com/berthdev/berth/pkg/natsbus"
 	"github.com/berthdev/berth/pkg/run"
 	agentv1 "github.com/berthdev/berth/proto/agent/v1"
+	"github.com/berthdev/berth/services/agent/internal/apps"
+	"github.com/berthdev/berth/services/agent/internal/configkeys"
 	"github.com/berthdev/berth/services/agent/internal/hostinfo"
+	"github.com/berthdev/berth/services/agent/internal/instances"
 	"github.com/berthdev/berth/services/agent/internal/journal"
+	"github.com/berthdev/berth/services/agent/internal/nameapi"
 	"github.com/berthdev/berth/services/agent/internal/pkgdeploy"
 	"github.com/berthdev/berth/services/agent/internal/plugin"
 	"github.com/berthdev/berth/services/agent/internal/presence"
+	"github.com/berthdev/berth/services/agent/internal/report"
+	"github.com/berthdev/berth/services/agent/internal/resolver"
 	"github.com/berthdev/berth/services/agent/internal/step"
+	"github.com/berthdev/berth/services/agent/internal/tmpl"
+	"github.com/berthdev/berth/services/agent/internal/views"
 )
 
 // Version is the agent's version, set at build time with
@@ -86,6 +99,44 @@ type Agent struct {
 
 	// steps is the step server once Run created it.
 	steps atomic.Pointer[step.Server]
+	// runner is the plugin runner once Run created it (the fingerprint lists its plugins).
+	runner atomic.Pointer[plugin.Runner]
+	// addrs are the listeners' addresses once Run bound them.
+	addrs atomic.Pointer[Addrs]
+	// inst is the instance manager once Run created it.
+	inst atomic.Pointer[instances.Manager]
+	// apps is the host's apps once Run created them.
+	apps atomic.Pointer[apps.Apps]
+}
+
+// StaticErrors returns the services.d files the agent refused and why (each error names
+// the file and, where it can, the line), once Run loaded them.
+func (a *Agent) StaticErrors() map[string]error {
+	ap := a.apps.Load()
+	if ap == nil {
+		return nil
+	}
+	return ap.Refused()
+}
+
+// Addrs are the addresses the agent's local listeners are bound to (nil when off).
+type Addrs struct {
+	DNS, NameAPI net.Addr
+}
+
+// Addrs returns the listeners' addresses once Run bound them, else nil.
+func (a *Agent) Addrs() *Addrs { return a.addrs.Load() }
+
+// Instance is an instance of this host as the agent sees it.
+type Instance = instances.Status
+
+// Instances returns the instances the agent checks (nil before Run).
+func (a *Agent) Instances() []Instance {
+	m := a.inst.Load()
+	if m == nil {
+		return nil
+	}
+	return m.List()
 }
 
 // Ready reports whether the agent is taking steps: Run has started, subscribed to the
@@ -156,19 +207,79 @@ func (a *Agent) Run(ctx context.Context) error {
 	}
 
 	store := a.deps.Presence
-	if store == nil && a.deps.Coord != nil {
-		store = presence.FromClient(a.deps.Coord)
-	}
-	if store == nil && len(a.cfg.CoordEndpoints()) > 0 {
+	coord := a.deps.Coord
+	if coord == nil && len(a.cfg.CoordEndpoints()) > 0 {
 		cc, err := coordclient.New(ctx, coordclient.Config{Endpoints: a.cfg.CoordEndpoints(), Logger: a.log})
 		if err != nil {
 			return fmt.Errorf("connect to coord %v: %w", a.cfg.CoordEndpoints(), err)
 		}
 		defer cc.Close()
-		store = presence.FromClient(cc)
+		coord = cc
+	}
+	if store == nil && coord != nil {
+		store = presence.FromClient(coord)
+	}
+	var keeper *presence.Keeper
+	if store != nil {
+		keeper = presence.New(presence.Config{
+			Host:       a.cfg.HostID,
+			SessionTTL: a.cfg.SessionTTL,
+			Logger:     a.log,
+			Gather: func(ctx context.Context) *agentv1.AgentInfo {
+				return hostinfo.Gather(ctx, hostinfo.Options{HostID: a.cfg.HostID, DC: a.cfg.DC, Version: version(),
+					DataDir: a.cfg.DataDir, DockerHost: a.cfg.DockerHost, Plugins: a.plugins(), StartedAt: started})
+			},
+		}, store)
 	}
 
-	facts := map[string]string{"BERTH_HOST_ID": a.cfg.HostID, "BERTH_DATA_DIR": a.cfg.DataDir}
+	// Names: events, views, config keys, instances, templates, and the apps that use them.
+	rep, err := report.New(bus, "berth-agent/"+a.cfg.HostID, a.log, a.reg)
+	if err != nil {
+		return err
+	}
+	follower, err := views.New(views.FromBus(bus), views.Config{Idle: a.cfg.Views.Idle, Resync: a.cfg.Views.Resync, Logger: a.log, Registerer: a.reg})
+	if err != nil {
+		return err
+	}
+	var keys *configkeys.Cache
+	var tree apps.Tree
+	if coord != nil {
+		keys = configkeys.New(coord, a.log)
+		tree = coord
+	}
+	ip := a.cfg.advertiseIP()
+	icfg := instances.Config{Host: a.cfg.HostID, DC: a.cfg.DC, IP: ip,
+		FlapChanges: a.cfg.Health.FlapChanges, FlapWindow: a.cfg.Health.FlapWindow,
+		Pending:  func(err error) bool { return errors.Is(err, presence.ErrNoSession) },
+		Reporter: rep, Logger: a.log, Registerer: a.reg}
+	if keeper != nil {
+		icfg.Registrar = keeper
+	}
+	inst, err := instances.New(icfg)
+	if err != nil {
+		return err
+	}
+	tcfg := tmpl.Config{Host: a.cfg.HostID, DC: a.cfg.DC, Views: follower, CheckTimeout: a.cfg.Deploy.ScriptTimeout,
+		KillGrace: a.cfg.KillGrace, Path: a.cfg.PluginPath, Reporter: rep, Logger: a.log, Registerer: a.reg}
+	if keys != nil {
+		tcfg.Keys = keys
+	}
+	templates, err := tmpl.New(tcfg)
+	if err != nil {
+		return err
+	}
+	hostApps, err := apps.New(apps.Config{Host: a.cfg.HostID, DC: a.cfg.DC, Instances: inst, Templates: templates, Tree: tree,
+		DefaultTTL: a.cfg.Drain.DefaultTTL, DrainMax: a.cfg.Drain.MaxWait, StaticDir: a.cfg.staticDir(),
+		Path: a.cfg.PluginPath, Facts: map[string]string{"BERTH_HOST_ID": a.cfg.HostID, "BERTH_DC": a.cfg.DC, "BERTH_IP": ip},
+		ScriptTimeout: a.cfg.Deploy.ScriptTimeout, KillGrace: a.cfg.KillGrace, Logger: a.log, Registerer: a.reg})
+	if err != nil {
+		return err
+	}
+	defer hostApps.Close()
+	a.apps.Store(hostApps)
+	defer a.apps.Store(nil)
+
+	facts := map[string]string{"BERTH_HOST_ID": a.cfg.HostID, "BERTH_DATA_DIR": a.cfg.DataDir, "BERTH_IP": ip}
 	if a.cfg.DC != "" {
 		facts["BERTH_DC"] = a.cfg.DC
 	}
@@ -184,10 +295,19 @@ func (a *Agent) Run(ctx context.Context) error {
 		MaxPackageBytes: a.cfg.Deploy.MaxPackageBytes,
 		KillGrace:       a.cfg.KillGrace,
 		Registerer:      a.reg,
+		Lifecycle:       hostApps,
 	})
 	if err != nil {
 		return err
 	}
+	// Apps left running by the agent's last life, and static ones: checked, registered once
+	// healthy, their templates rendered.
+	running, rerrs := deploy.Running()
+	for _, err := range rerrs {
+		a.log.Error("a deployed release cannot be checked", "err", err)
+	}
+	hostApps.Resume(ctx, running)
+	hostApps.LoadStatic(ctx)
 	builtins, err := plugin.NewRegistry(deploy)
 	if err != nil {
 		return err
@@ -219,6 +339,35 @@ func (a *Agent) Run(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
+	a.runner.Store(runner)
+
+	addrs := &Addrs{}
+	var res *resolver.Resolver
+	if a.cfg.DNSListen != "" {
+		res, err = resolver.New(resolver.Config{Listen: a.cfg.DNSListen, Zones: a.cfg.DNS.Zones, DC: a.cfg.DC, Upstreams: a.cfg.DNS.Upstreams,
+			CacheSize: a.cfg.DNS.CacheSize, MaxTTL: a.cfg.DNS.MaxTTL, Logger: a.log, Registerer: a.reg}, follower)
+		if err != nil {
+			return err
+		}
+		if addrs.DNS, err = res.Listen(); err != nil {
+			return err
+		}
+		a.log.Info("local resolver", "addr", addrs.DNS.String(), "upstreams", res.Upstreams())
+	}
+	var api *nameapi.API
+	if a.cfg.NameAPIListen != "" {
+		api, err = nameapi.New(nameapi.Config{Listen: a.cfg.NameAPIListen, DC: a.cfg.DC, Logger: a.log, Registerer: a.reg}, follower)
+		if err != nil {
+			return err
+		}
+		if addrs.NameAPI, err = api.Listen(); err != nil {
+			return err
+		}
+		a.log.Info("local name API", "addr", addrs.NameAPI.String())
+	}
+	a.addrs.Store(addrs)
+	a.inst.Store(inst)
+	defer a.inst.Store(nil)
 
 	a.steps.Store(steps)
 	defer a.steps.Store(nil)
@@ -237,29 +386,44 @@ func (a *Agent) Run(ctx context.Context) error {
 		}
 		a.log.Info("admin endpoints", "addr", addr.String())
 	}
-	g.Add("steps", steps.Run)
-	if store != nil {
-		keeper := presence.New(presence.Config{
-			Host:       a.cfg.HostID,
-			SessionTTL: a.cfg.SessionTTL,
-			Logger:     a.log,
-			Gather: func(ctx context.Context) *agentv1.AgentInfo {
-				return hostinfo.Gather(ctx, hostinfo.Options{HostID: a.cfg.HostID, DC: a.cfg.DC, Version: version(),
-					DataDir: a.cfg.DataDir, DockerHost: a.cfg.DockerHost, Plugins: runner.Available(), StartedAt: started})
-			},
-		}, store)
+	// Parts stop in the reverse order: steps first (running deploys finish their drains),
+	// the session last but the views, so that instances stay registered while anything
+	// still uses them.
+	g.Add("events", rep.Run)
+	g.Add("views", follower.Run)
+	if keys != nil {
+		g.Add("config-keys", keys.Run)
+	}
+	if keeper != nil {
 		if srv != nil {
 			srv.AddCheck("coord", keeper.Ready)
 		}
 		g.Add("presence", keeper.Run)
 	} else {
-		a.log.Warn("no coord configured: this agent keeps no alive node, so the fleet does not see it")
+		a.log.Warn("no coord configured: this agent keeps no alive node and registers no instance, so the fleet does not see it")
 	}
+	g.Add("instances", inst.Run)
+	g.Add("templates", templates.Run)
+	if res != nil {
+		g.Add("resolver", res.Run)
+	}
+	if api != nil {
+		g.Add("name-api", api.Run)
+	}
+	g.Add("steps", steps.Run)
 	if srv != nil {
 		g.Add("admin", srv.Run)
 	}
 	a.log.Info("agent started", "version", version(), "data_dir", a.cfg.DataDir, "plugins", runner.Available(), "nats", bus.URL())
 	return g.Run(ctx)
+}
+
+// plugins lists the plugins available, for the fingerprint.
+func (a *Agent) plugins() []string {
+	if r := a.runner.Load(); r != nil {
+		return r.Available()
+	}
+	return nil
 }
 
 // lockDir takes an exclusive lock on dir/agent.lock so that two agents never share a data

@@ -9,6 +9,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/berthdev/berth/pkg/dnsview"
 	"github.com/berthdev/berth/pkg/logging"
 	"github.com/berthdev/berth/proto/subjects"
 )
@@ -58,8 +59,36 @@ type Config struct {
 	// DockerHost is the Docker engine checked for the fingerprint; "-" skips the check.
 	DockerHost string `yaml:"docker_host" env:"DOCKER_HOST" flag:"docker-host" usage:"Docker engine address for the fingerprint (- to skip)"`
 
+	// AdvertiseIP is the address this host's instances are registered with; empty means
+	// the address of the interface of the default route (127.0.0.1 without one).
+	AdvertiseIP string `yaml:"advertise_ip" env:"ADVERTISE_IP" flag:"advertise-ip" usage:"address instances are registered with (default: the default route's interface)"`
+	// ConfigDir holds services.d/*.yaml, the static services of apps Berth did not deploy;
+	// empty means DataDir.
+	ConfigDir string `yaml:"config_dir" env:"CONFIG_DIR" flag:"config-dir" usage:"directory holding services.d/ (default: data_dir)"`
+	// DNSListen is host:port of the local caching DNS resolver (UDP and TCP); empty turns
+	// it off.
+	DNSListen string `yaml:"dns_listen" env:"DNS_LISTEN" flag:"dns-listen" usage:"host:port of the local DNS resolver (empty: off)"`
+	// NameAPIListen is host:port of the local HTTP name API; empty turns it off.
+	NameAPIListen string `yaml:"name_api_listen" env:"NAME_API_LISTEN" flag:"name-api-listen" usage:"host:port of the local HTTP name API (empty: off)"`
+
 	// Deploy configures the package-deploy plugin.
 	Deploy DeployConfig `yaml:"deploy"`
+	// DNS configures the local resolver.
+	DNS DNSConfig `yaml:"dns"`
+	// Health configures flapping detection of instances.
+	Health HealthConfig `yaml:"health"`
+	// Drain configures the drain barrier before an instance stops.
+	Drain DrainConfig `yaml:"drain"`
+	// Views configures how the name service's views are followed.
+	Views ViewsConfig `yaml:"views"`
+
+	// Once renders one template (Template) with the current inputs and exits; it needs
+	// DryRun (the output goes to standard output). It is a command, not a setting.
+	Once bool `yaml:"once" flag:"once" usage:"render --template once and exit (with --dry-run: print it)"`
+	// DryRun prints what Once renders instead of writing it.
+	DryRun bool `yaml:"dry_run" flag:"dry-run" usage:"with --once: print the rendered template"`
+	// Template is the template file Once renders.
+	Template string `yaml:"template" flag:"template" usage:"with --once: the template file to render"`
 
 	// Log selects the log format and level.
 	Log logging.Config `yaml:"log"`
@@ -79,6 +108,58 @@ type DeployConfig struct {
 	FetchTimeout time.Duration `yaml:"fetch_timeout" env:"DEPLOY_FETCH_TIMEOUT" flag:"deploy-fetch-timeout" usage:"timeout of an artifact download"`
 	// MaxPackageBytes bounds an artifact and its unpacked size.
 	MaxPackageBytes int64 `yaml:"max_package_bytes" env:"DEPLOY_MAX_PACKAGE_BYTES" flag:"deploy-max-package-bytes" usage:"largest artifact and unpacked package"`
+}
+
+// DNSConfig configures the local caching resolver.
+type DNSConfig struct {
+	// Zones are the Berth zones answered from views.
+	Zones []string `yaml:"zones" env:"DNS_ZONES" flag:"dns-zone" usage:"Berth zone answered from the name service's views"`
+	// Upstreams are the resolvers other names are forwarded to (ip or ip:port); empty
+	// means the nameservers of /etc/resolv.conf.
+	Upstreams []string `yaml:"upstreams" env:"DNS_UPSTREAMS" flag:"dns-upstream" usage:"upstream resolver for other names (default: /etc/resolv.conf)"`
+	// CacheSize bounds the forwarding cache, in answers.
+	CacheSize int `yaml:"cache_size" env:"DNS_CACHE_SIZE" flag:"dns-cache-size" usage:"answers kept in the forwarding cache"`
+	// MaxTTL caps how long a forwarded answer is cached.
+	MaxTTL time.Duration `yaml:"max_ttl" env:"DNS_MAX_TTL" flag:"dns-max-ttl" usage:"longest time a forwarded answer is cached"`
+}
+
+// HealthConfig configures flapping detection.
+type HealthConfig struct {
+	// FlapChanges is how many health changes an instance may make within FlapWindow; one
+	// more makes it flapping (held out of service until it keeps one state for a whole
+	// window). Negative turns detection off.
+	FlapChanges int `yaml:"flap_changes" env:"HEALTH_FLAP_CHANGES" flag:"health-flap-changes" usage:"health changes allowed within the flap window"`
+	// FlapWindow is the window.
+	FlapWindow time.Duration `yaml:"flap_window" env:"HEALTH_FLAP_WINDOW" flag:"health-flap-window" usage:"window health changes are counted in"`
+}
+
+// DrainConfig configures the drain barrier.
+type DrainConfig struct {
+	// MaxWait caps the barrier: the service's DNS TTL and this host's template reloads.
+	MaxWait time.Duration `yaml:"max_wait" env:"DRAIN_MAX_WAIT" flag:"drain-max-wait" usage:"longest drain barrier before an instance is stopped"`
+	// DefaultTTL is the DNS TTL of a service whose tree node sets none.
+	DefaultTTL time.Duration `yaml:"default_ttl" env:"DRAIN_DEFAULT_TTL" flag:"drain-default-ttl" usage:"DNS TTL of services whose tree sets none"`
+}
+
+// ViewsConfig configures how views are followed.
+type ViewsConfig struct {
+	// Idle is how long a service only the resolver or the name API asked for stays
+	// followed after the last question.
+	Idle time.Duration `yaml:"idle" env:"VIEWS_IDLE" flag:"views-idle" usage:"how long an unasked-for service stays followed"`
+	// Resync is how often followed views are read again from the berth-names bucket.
+	Resync time.Duration `yaml:"resync" env:"VIEWS_RESYNC" flag:"views-resync" usage:"how often followed views are read again from the bucket"`
+}
+
+// DaemonConfig returns the defaults of the berth-agent binary: DefaultConfig with the local
+// resolver on 127.0.0.1:5300, the name API on 127.0.0.1:7391 and static services under
+// /etc/berth/agent. Embedded agents (berth dev, tests) start from DefaultConfig, which
+// opens no listener but the metrics one.
+func DaemonConfig() Config {
+	c := DefaultConfig()
+	c.DNSListen = "127.0.0.1:5300"
+	c.NameAPIListen = "127.0.0.1:7391"
+	c.ConfigDir = "/etc/berth/agent"
+	return c
 }
 
 // DefaultConfig returns the defaults.
@@ -106,6 +187,10 @@ func DefaultConfig() Config {
 			FetchTimeout:    10 * time.Minute,
 			MaxPackageBytes: 2 << 30,
 		},
+		DNS:    DNSConfig{Zones: []string{"ns.berth.internal"}, CacheSize: 10000, MaxTTL: time.Hour},
+		Health: HealthConfig{FlapChanges: 3, FlapWindow: 2 * time.Minute},
+		Drain:  DrainConfig{MaxWait: 30 * time.Second, DefaultTTL: 5 * time.Second},
+		Views:  ViewsConfig{Idle: 10 * time.Minute, Resync: 30 * time.Second},
 	}
 }
 
@@ -178,6 +263,69 @@ func (c *Config) Validate() error {
 		return fmt.Errorf("deploy.fetch_timeout %s: want more than 0", c.Deploy.FetchTimeout)
 	case c.Deploy.MaxPackageBytes <= 0:
 		return fmt.Errorf("deploy.max_package_bytes %d: want more than 0", c.Deploy.MaxPackageBytes)
+	case c.DNS.CacheSize < 1:
+		return fmt.Errorf("dns.cache_size %d: want at least 1", c.DNS.CacheSize)
+	case c.DNS.MaxTTL < time.Second:
+		return fmt.Errorf("dns.max_ttl %s: want at least 1s", c.DNS.MaxTTL)
+	case c.Health.FlapWindow < time.Second:
+		return fmt.Errorf("health.flap_window %s: want at least 1s", c.Health.FlapWindow)
+	case c.Health.FlapChanges == 0:
+		return errors.New("health.flap_changes 0: want at least 1 (or negative to turn flapping detection off)")
+	case c.Drain.MaxWait < 0:
+		return fmt.Errorf("drain.max_wait %s: want 0 or more", c.Drain.MaxWait)
+	case c.Drain.DefaultTTL <= 0:
+		return fmt.Errorf("drain.default_ttl %s: want more than 0", c.Drain.DefaultTTL)
+	case c.Views.Idle < time.Second:
+		return fmt.Errorf("views.idle %s: want at least 1s", c.Views.Idle)
+	case c.Views.Resync < time.Second:
+		return fmt.Errorf("views.resync %s: want at least 1s", c.Views.Resync)
+	}
+	if c.AdvertiseIP != "" && net.ParseIP(c.AdvertiseIP) == nil {
+		return fmt.Errorf("advertise_ip %q: want an IPv4 or IPv6 address", c.AdvertiseIP)
+	}
+	if c.ConfigDir != "" && !filepath.IsAbs(c.ConfigDir) {
+		abs, err := filepath.Abs(c.ConfigDir)
+		if err != nil {
+			return fmt.Errorf("config_dir %q: %w", c.ConfigDir, err)
+		}
+		c.ConfigDir = abs
+	}
+	for _, f := range []struct{ name, v string }{{"dns_listen", c.DNSListen}, {"name_api_listen", c.NameAPIListen}} {
+		if f.v == "" {
+			continue
+		}
+		host, _, err := net.SplitHostPort(f.v)
+		if err != nil {
+			return fmt.Errorf("%s %q: want host:port", f.name, f.v)
+		}
+		if ip := net.ParseIP(host); host != "" && host != "localhost" && ip == nil {
+			return fmt.Errorf("%s %q: want an IP address as host", f.name, f.v)
+		}
+	}
+	if len(c.DNS.Zones) == 0 {
+		return errors.New("dns.zones: empty (want at least the Berth zone, ns.berth.internal)")
+	}
+	for i, z := range c.DNS.Zones {
+		if _, err := dnsview.CanonicalZone(z); err != nil {
+			return fmt.Errorf("dns.zones[%d]: %w", i, err)
+		}
+	}
+	for i, u := range c.DNS.Upstreams {
+		host := u
+		if h, _, err := net.SplitHostPort(u); err == nil {
+			host = h
+		}
+		if net.ParseIP(host) == nil {
+			return fmt.Errorf("dns.upstreams[%d] %q: want an IP address or IP:port", i, u)
+		}
+	}
+	if c.Once {
+		switch {
+		case c.Template == "":
+			return errors.New("--once needs --template FILE")
+		case !c.DryRun:
+			return errors.New("--once needs --dry-run: it prints the rendered template (the running agent writes files)")
+		}
 	}
 	return c.Log.Validate()
 }
@@ -196,4 +344,31 @@ func splitList(s string) []string {
 		}
 	}
 	return out
+}
+
+// staticDir is the services.d directory.
+func (c *Config) staticDir() string {
+	dir := c.ConfigDir
+	if dir == "" {
+		dir = c.DataDir
+	}
+	return filepath.Join(dir, "services.d")
+}
+
+// advertiseIP is AdvertiseIP, or the address of the interface of the default route, or
+// 127.0.0.1.
+func (c *Config) advertiseIP() string {
+	if c.AdvertiseIP != "" {
+		return c.AdvertiseIP
+	}
+	// A UDP "connection" sends nothing; it only picks the source address of the route.
+	conn, err := net.Dial("udp", "192.0.2.1:9")
+	if err != nil {
+		return "127.0.0.1"
+	}
+	defer conn.Close()
+	if a, ok := conn.LocalAddr().(*net.UDPAddr); ok && !a.IP.IsUnspecified() {
+		return a.IP.String()
+	}
+	return "127.0.0.1"
 }

@@ -32,6 +32,22 @@ func TestConfigValidate(t *testing.T) {
 		{"one release", func(c *agent.Config) { c.Deploy.KeepReleases = 1 }, "deploy.keep_releases"},
 		{"short retention", func(c *agent.Config) { c.JournalRetention = time.Minute }, "journal_retention"},
 		{"bad log level", func(c *agent.Config) { c.Log.Level = "loud" }, "log level"},
+		{"bad advertise ip", func(c *agent.Config) { c.AdvertiseIP = "10.0.0" }, "advertise_ip"},
+		{"bad dns listen", func(c *agent.Config) { c.DNSListen = "5300" }, "dns_listen"},
+		{"dns listen on a name", func(c *agent.Config) { c.DNSListen = "example.com:53" }, "dns_listen"},
+		{"bad name api listen", func(c *agent.Config) { c.NameAPIListen = "x" }, "name_api_listen"},
+		{"bad zone", func(c *agent.Config) { c.DNS.Zones = []string{"a..b"} }, "dns.zones[0]"},
+		{"no zone", func(c *agent.Config) { c.DNS.Zones = nil }, "dns.zones"},
+		{"bad upstream", func(c *agent.Config) { c.DNS.Upstreams = []string{"dns.google"} }, "dns.upstreams[0]"},
+		{"upstream with port", func(c *agent.Config) { c.DNS.Upstreams = []string{"10.0.0.53:5353"} }, ""},
+		{"empty cache", func(c *agent.Config) { c.DNS.CacheSize = 0 }, "dns.cache_size"},
+		{"flap zero", func(c *agent.Config) { c.Health.FlapChanges = 0 }, "health.flap_changes"},
+		{"flapping off", func(c *agent.Config) { c.Health.FlapChanges = -1 }, ""},
+		{"short flap window", func(c *agent.Config) { c.Health.FlapWindow = time.Millisecond }, "health.flap_window"},
+		{"negative drain", func(c *agent.Config) { c.Drain.MaxWait = -time.Second }, "drain.max_wait"},
+		{"once without template", func(c *agent.Config) { c.Once, c.DryRun = true, true }, "--once needs --template"},
+		{"once without dry run", func(c *agent.Config) { c.Once, c.Template = true, "/t.tmpl" }, "--once needs --dry-run"},
+		{"daemon defaults", func(c *agent.Config) { d := agent.DaemonConfig(); d.HostID = "h1"; *c = d }, ""},
 	}
 	for _, tc := range tests {
 		c := agent.DefaultConfig()

@@ -122,27 +122,35 @@ func (s *Server) clusterError(parent context.Context, what string, err error) er
 
 // unavailable returns the UNAVAILABLE status for a call that this member cannot serve
 // now, judging by the leader state st, or nil: no leader for longer than an election
-// timeout, or leadership without a quorum round trip completed within an election
-// timeout. It is checked before each attempt; an attempt in flight is cut short only by a
-// change of leader, so that work a busy leader has started is not thrown away.
+// timeout. A leader never refuses a call for want of a quorum: raft itself fences writes
+// and reads, and its CheckQuorum steps a cut-off leader down within two election timeouts,
+// after which calls fail at once (see followLeadership). Refusing earlier, on the leader's
+// own reckoning, turned a busy leader's slow round trips into errors while its followers
+// were answering. It is checked before each attempt; an attempt in flight is cut short by
+// a change of leader.
 func (s *Server) unavailable(st *leaderState, what string) error {
-	now := time.Now()
-	if st.leader == 0 {
-		if d := now.Sub(st.since); d >= s.cfg.ElectionTimeout {
-			return statusError(codes.Unavailable, coordv1.ErrorReason_ERROR_REASON_NO_LEADER,
-				fmt.Sprintf("%s: no leader for %v (an election is failing or member %s is cut off from the majority); retry on another member",
-					what, d.Round(time.Millisecond), FormatID(s.id)))
-		}
+	if st.leader != 0 {
 		return nil
 	}
-	if st.leader == s.id {
-		if d := now.Sub(time.Unix(0, s.progressAt.Load())); d > s.cfg.ElectionTimeout {
-			return statusError(codes.Unavailable, coordv1.ErrorReason_ERROR_REASON_NO_QUORUM,
-				fmt.Sprintf("%s: no quorum: member %s leads but has not heard from a majority for %v; retry on another member",
-					what, FormatID(s.id), d.Round(time.Millisecond)))
-		}
+	if d := time.Since(st.since); d >= s.cfg.ElectionTimeout {
+		return statusError(codes.Unavailable, coordv1.ErrorReason_ERROR_REASON_NO_LEADER,
+			fmt.Sprintf("%s: no leader for %v (an election is failing or member %s is cut off from the majority); retry on another member",
+				what, d.Round(time.Millisecond), FormatID(s.id)))
 	}
 	return nil
+}
+
+// quorumSilence reports, on a leader, how long it has not heard from a majority, and
+// whether that is an election timeout both on the clock and in raft ticks (a process too
+// busy to tick on time is judged by raft's own clock, as raft's CheckQuorum judges it).
+// Any message of its term from a follower counts, dated when it arrives.
+func (s *Server) quorumSilence(now time.Time) (time.Duration, bool) {
+	at, ticks, ok := s.node.QuorumContact()
+	if !ok {
+		return 0, false
+	}
+	d := now.Sub(at)
+	return d, d > s.cfg.ElectionTimeout && ticks > uint64(s.cfg.ElectionTimeout/s.cfg.HeartbeatInterval)
 }
 
 // replicate runs attempt (a proposal or a read barrier) against the cluster within the
@@ -247,8 +255,35 @@ func (s *Server) recordMemberRequest(ctx context.Context, what, requestID string
 	return r.Repeat, nil
 }
 
-// readBarrier makes a linearizable read see every write acknowledged before it.
+// awaitReplay waits until this member has applied the log it recovered at start (see
+// Server.replayed), so that no read is answered from an older state than the member had
+// before it restarted. It fails with UNAVAILABLE (STARTING) after the request timeout.
+func (s *Server) awaitReplay(ctx context.Context, what string) error {
+	select {
+	case <-s.replayed:
+		return nil
+	default:
+	}
+	t := time.NewTimer(s.cfg.RequestTimeout)
+	defer t.Stop()
+	select {
+	case <-s.replayed:
+		return nil
+	case <-ctx.Done():
+		return status.FromContextError(ctx.Err()).Err()
+	case <-t.C:
+		return statusError(codes.Unavailable, coordv1.ErrorReason_ERROR_REASON_STARTING,
+			fmt.Sprintf("%s: member %s has not applied its recovered log (index %d) yet; retry shortly or on another member",
+				what, FormatID(s.id), s.replayTarget))
+	}
+}
+
+// readBarrier makes a read see at least the state this member had before it last
+// stopped, and a linearizable read every write acknowledged before it.
 func (s *Server) readBarrier(ctx context.Context, what string, serializable bool) error {
+	if err := s.awaitReplay(ctx, what); err != nil {
+		return err
+	}
 	if serializable || s.cfg.localLinearizableReads || forceLocalReads {
 		return nil
 	}
@@ -327,7 +362,7 @@ func (s *Server) Txn(ctx context.Context, req *coordv1.TxnRequest) (*coordv1.Txn
 
 // SessionOpen implements CoordService.SessionOpen.
 func (s *Server) SessionOpen(ctx context.Context, req *coordv1.SessionOpenRequest) (*coordv1.SessionOpenResponse, error) {
-	data, err := tree.EncodeSessionOpen(req)
+	data, err := tree.EncodeSessionOpen(req, time.Now().UnixMilli())
 	res, err := s.propose(ctx, "session open", req.RequestId, data, err)
 	if err != nil {
 		return nil, err
@@ -369,17 +404,51 @@ func (s *Server) notLeader() error {
 	return statusError(codes.Unavailable, reason, msg, d)
 }
 
-// noQuorum is the UNAVAILABLE status for a keepalive that reached a leader which cannot
-// confirm that a majority still follows it.
+// errNotRecorded is returned by renew when the renewal's record did not commit in time.
+var errNotRecorded = errors.New("coord: renewal not recorded")
+
+// noQuorum is the UNAVAILABLE status for a keepalive whose renewal could not be recorded
+// in the log in time: the leader cannot reach a majority, or it is badly overloaded.
 func (s *Server) noQuorum() error {
 	return statusError(codes.Unavailable, coordv1.ErrorReason_ERROR_REASON_NO_QUORUM,
-		fmt.Sprintf("session keepalive: member %s leads but cannot confirm a quorum within %v; not renewing sessions (quorum lost?)",
-			FormatID(s.id), s.cfg.leaseWindow()), &coordv1.LeaderDetail{})
+		fmt.Sprintf("session keepalive: member %s leads but could not record the renewal within %v (quorum lost?); retry",
+			FormatID(s.id), s.cfg.RequestTimeout), &coordv1.LeaderDetail{})
 }
 
-// SessionKeepAlive implements CoordService.SessionKeepAlive. The stream ends with
-// UNAVAILABLE as soon as this member stops being the leader, loses its quorum lease, or
-// stops.
+// renew renews a session for a keepalive. The deadline the lessor gives it is recorded
+// through the log, and the renewal counts only once that record is committed in the
+// lessor's term: a keepalive is acknowledged only when every later leader knows of it, so
+// no failover can expire a session before its client gives up, nor extend it past the
+// last acknowledged renewal. Concurrent renewals share the raft loop's batches (one fsync).
+func (s *Server) renew(ctx context.Context, id int64) (time.Duration, error) {
+	term, deadline, ttl, err := s.lessor.Renew(id)
+	if err != nil {
+		return 0, err
+	}
+	st := s.lead.Load()
+	rctx, cancel := context.WithTimeout(ctx, s.cfg.RequestTimeout)
+	stop := context.AfterFunc(st.done, cancel)
+	res, err := s.node.Propose(rctx, tree.EncodeDeadlineCheckpoint(term, []tree.Checkpoint{{ID: id, DeadlineMs: deadline.UnixMilli()}}))
+	stop()
+	cancel()
+	recorded := err == nil && res == nil
+	s.lessor.RenewDone(id, deadline, recorded)
+	switch {
+	case recorded:
+		s.metrics.checkpoints.Inc()
+		return ttl, nil
+	case ctx.Err() != nil:
+		return 0, ctx.Err()
+	case err == nil, st.done.Err() != nil && s.lead.Load().leader != s.id:
+		// The record was committed in a later term (ignored), or the leadership moved.
+		return 0, session.ErrNotLeader
+	}
+	return 0, errNotRecorded
+}
+
+// SessionKeepAlive implements CoordService.SessionKeepAlive. Each keepalive is answered
+// once its renewal is committed (see renew). The stream ends with UNAVAILABLE as soon as
+// this member stops being the leader, cannot record a renewal, or stops.
 func (s *Server) SessionKeepAlive(stream grpc.BidiStreamingServer[coordv1.SessionKeepAliveRequest, coordv1.SessionKeepAliveResponse]) error {
 	ctx := stream.Context()
 	if leader, _ := s.lessor.IsLeader(); !leader {
@@ -417,25 +486,21 @@ func (s *Server) SessionKeepAlive(stream grpc.BidiStreamingServer[coordv1.Sessio
 		case <-ctx.Done():
 			return status.FromContextError(ctx.Err()).Err()
 		}
-		ttl, err := s.lessor.KeepAlive(req.SessionId)
-		if errors.Is(err, session.ErrNoQuorum) {
-			// The lease ran out (the probes are late, or the quorum is gone): confirm now.
-			if _, term := s.lessor.IsLeader(); s.confirmQuorum(ctx, term, s.cfg.leaseWindow()/2) {
-				ttl, err = s.lessor.KeepAlive(req.SessionId)
-			}
-		}
+		ttl, err := s.renew(ctx, req.SessionId)
 		if errors.Is(err, session.ErrUnknown) && !s.machine.HasSession(req.SessionId) {
 			// The open may be committed but not yet applied here: wait for this member to
 			// catch up, then look again.
 			if berr := s.readBarrier(ctx, "session keepalive", false); berr == nil {
-				ttl, err = s.lessor.KeepAlive(req.SessionId)
+				ttl, err = s.renew(ctx, req.SessionId)
 			}
 		}
 		resp := &coordv1.SessionKeepAliveResponse{Header: s.header(s.machine.Revision()), SessionId: req.SessionId}
 		switch {
+		case ctx.Err() != nil:
+			return status.FromContextError(ctx.Err()).Err()
 		case errors.Is(err, session.ErrNotLeader):
 			return s.notLeader()
-		case errors.Is(err, session.ErrNoQuorum):
+		case errors.Is(err, errNotRecorded):
 			return s.noQuorum()
 		case errors.Is(err, session.ErrUnknown):
 			resp.Expired = true
@@ -458,6 +523,10 @@ func (s *Server) Watch(req *coordv1.WatchRequest, stream grpc.ServerStreamingSer
 	}
 	if req.StartRevision < 0 {
 		return invalidArgument("start_revision", "watch %s: start revision %d is negative", req.Path, req.StartRevision)
+	}
+	// A watch from "now" must start after the state the member recovered, not replay it.
+	if err := s.awaitReplay(stream.Context(), "watch "+req.Path); err != nil {
+		return err
 	}
 	w, rev, err := s.hub.Watch(req.Path, req.Recursive, req.StartRevision)
 	if err != nil {

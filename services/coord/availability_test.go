@@ -158,6 +158,13 @@ func TestLeaderWithoutQuorumStopsRenewingAndFailsFast(t *testing.T) {
 	c.stop(followers[0])
 	cut := time.Now()
 	c.stop(followers[1])
+	// A write in flight when the quorum goes fails when raft's CheckQuorum steps the leader
+	// down (within two election timeouts), not after the request timeout.
+	inflight := make(chan error, 1)
+	go func() {
+		_, err := l.api.Put(ctx, &coordv1.PutRequest{Path: "/cut-off", RequestId: "in-flight"})
+		inflight <- err
+	}()
 	// Keep the session alive on the old leader until it refuses.
 	var lastAck time.Time
 	var streamErr error
@@ -175,7 +182,11 @@ func TestLeaderWithoutQuorumStopsRenewingAndFailsFast(t *testing.T) {
 		time.Sleep(20 * time.Millisecond)
 	}
 	renewedFor := lastAck.Sub(cut)
-	t.Logf("the leader cut off from its quorum renewed sessions for %v (election timeout %v)", renewedFor.Round(time.Millisecond), et)
+	if lastAck.IsZero() {
+		t.Logf("the leader cut off from its quorum acknowledged no keepalive after the cut (election timeout %v)", et)
+	} else {
+		t.Logf("the leader cut off from its quorum renewed sessions for %v (election timeout %v)", renewedFor.Round(time.Millisecond), et)
+	}
 	// The majority can elect a successor an election timeout (less a tick) after it last
 	// heard from this leader; the leader must have stopped renewing by then.
 	if renewedFor >= et-hb {
@@ -183,6 +194,19 @@ func TestLeaderWithoutQuorumStopsRenewingAndFailsFast(t *testing.T) {
 	}
 	if code(streamErr) != codes.Unavailable {
 		t.Errorf("keepalive stream after quorum loss: got %v, want Unavailable", streamErr)
+	}
+	select {
+	case err := <-inflight:
+		took := time.Since(cut)
+		t.Logf("write in flight at the cut: %s after %v", reasonOf(err), took.Round(time.Millisecond))
+		if r := reasonOf(err); code(err) != codes.Unavailable || (r != coordv1.ErrorReason_ERROR_REASON_NO_QUORUM.String() && r != coordv1.ErrorReason_ERROR_REASON_NO_LEADER.String()) {
+			t.Errorf("write in flight at the cut: got %v, want UNAVAILABLE with NO_QUORUM or NO_LEADER", err)
+		}
+		if took > 2*et+500*time.Millisecond {
+			t.Errorf("write in flight at the cut failed after %v, want within about two election timeouts", took)
+		}
+	case <-time.After(5 * time.Second):
+		t.Error("write in flight at the cut still pending after 5s")
 	}
 
 	// Writes fail fast with UNAVAILABLE and say why, rather than waiting out the request
@@ -303,5 +327,57 @@ func TestWriteGapAfterLeaderCrash(t *testing.T) {
 	// request timeout because its proposal was forwarded to the dead leader.
 	if worst > 3*time.Second {
 		t.Errorf("write-availability gap %v, want under 3s", worst)
+	}
+}
+
+// TestBusyLeaderNeverSaysNoQuorum saturates the CPU with writes on the leader (the race
+// detector makes every member slower still): a leader whose followers answer must never
+// refuse a write for want of a quorum, however late its own work runs.
+func TestBusyLeaderNeverSaysNoQuorum(t *testing.T) {
+	c := startCluster(t, 3, nil) // heartbeat 20ms, election timeout 200ms
+	l := c.leader()
+	ctx, cancel := context.WithTimeout(t.Context(), 4*time.Second)
+	defer cancel()
+	var mu sync.Mutex
+	var ok int
+	failures := map[string]int{}
+	var wg sync.WaitGroup
+	value := make([]byte, 256)
+	for w := range 300 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := 0; ctx.Err() == nil; i++ {
+				_, err := l.api.Put(ctx, &coordv1.PutRequest{Path: fmt.Sprintf("/busy/%d", w%50), Value: value, RequestId: fmt.Sprintf("w%d-%d", w, i)})
+				mu.Lock()
+				switch {
+				case err == nil:
+					ok++
+				case ctx.Err() == nil && code(err) != codes.DeadlineExceeded:
+					// (A call in flight at the end may fail with the deadline on the server a
+					// moment before the client's context ends.)
+					failures[reasonOf(err)]++
+				}
+				mu.Unlock()
+			}
+		}()
+	}
+	var worst time.Duration
+	var worstTicks uint64
+	term0 := l.srv.node.Status().Term
+	for ctx.Err() == nil {
+		if at, ticks, ok := l.srv.node.QuorumContact(); ok {
+			worst, worstTicks = max(worst, time.Since(at)), max(worstTicks, ticks)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	wg.Wait()
+	t.Logf("raft terms %d -> %d; longest silence of a majority %v, %d ticks (election timeout 200ms, 10 ticks)", term0, l.srv.node.Status().Term, worst.Round(time.Millisecond), worstTicks)
+	t.Logf("%d writes acknowledged in 4s by a saturated leader; failures by reason: %v", ok, failures)
+	if n := failures[coordv1.ErrorReason_ERROR_REASON_NO_QUORUM.String()]; n > 0 {
+		t.Errorf("%d writes refused with NO_QUORUM while both followers were up", n)
+	}
+	if ok < 100 {
+		t.Errorf("only %d writes acknowledged, want the cluster to make progress", ok)
 	}
 }

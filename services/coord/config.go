@@ -69,8 +69,14 @@ type Config struct {
 	// HistoryWindow is how many watch events each member keeps for watchers that start from
 	// an older revision.
 	HistoryWindow int
-	// WatcherBuffer is how many events a watcher may fall behind before it is cancelled.
+	// WatcherBuffer is how many events a watcher may fall behind before it is cancelled;
+	// a single revision is always admitted to a watcher that has nothing pending, whatever
+	// its size.
 	WatcherBuffer int
+	// MaxClockSkew is how far the members' wall clocks may disagree. Session deadlines are
+	// recorded on the leader's wall clock; a new leader gives every session its recorded
+	// deadline plus MaxClockSkew.
+	MaxClockSkew time.Duration
 	// SnapshotEntries is how many applied entries trigger a Raft snapshot.
 	SnapshotEntries uint64
 	// ClientTLS secures the client API.
@@ -104,7 +110,8 @@ func DefaultConfig() Config {
 		RequestTimeout:      5 * time.Second,
 		HistoryWindow:       100000,
 		WatcherBuffer:       4096,
-		SnapshotEntries:     10000,
+		MaxClockSkew:        100 * time.Millisecond,
+		SnapshotEntries:     100000,
 	}
 }
 
@@ -127,6 +134,9 @@ func (c *Config) setDefaults() {
 	}
 	if c.WatcherBuffer == 0 {
 		c.WatcherBuffer = d.WatcherBuffer
+	}
+	if c.MaxClockSkew == 0 {
+		c.MaxClockSkew = d.MaxClockSkew
 	}
 	if c.SnapshotEntries == 0 {
 		c.SnapshotEntries = d.SnapshotEntries
@@ -241,6 +251,9 @@ func (c *Config) Validate() error {
 	}
 	if c.RequestTimeout <= 0 {
 		return bad("request-timeout", "%v is not positive", c.RequestTimeout)
+	}
+	if c.MaxClockSkew < 0 || c.MaxClockSkew > c.ElectionTimeout {
+		return bad("max-clock-skew", "%v is outside 0 to the election timeout (%v)", c.MaxClockSkew, c.ElectionTimeout)
 	}
 	if c.HistoryWindow < 1 {
 		return bad("history-window", "%d is under 1", c.HistoryWindow)

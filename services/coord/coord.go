@@ -62,16 +62,14 @@ type Server struct {
 	// leadStateMu serializes replacements of lead.
 	leadStateMu sync.Mutex
 	lead        atomic.Pointer[leaderState]
-	// quorumAt is when (unix ns) the latest round trip that confirmed this member's
-	// quorum as leader started: the base of the keepalive lease (safety).
-	quorumAt atomic.Int64
-	// progressAt is when (unix ns) such a round trip last completed: evidence that the
-	// quorum is there, for failing writes fast when there is none (liveness). Slow round
-	// trips under load still count, so a busy leader is not taken for a cut-off one.
-	progressAt atomic.Int64
-	// quorumLost is set while this member leads without evidence of a quorum (for logs
-	// and the quorum_lost_total metric).
+	// quorumLost is set while this member leads without having heard from a majority for
+	// an election timeout (for logs and the quorum_lost_total metric).
 	quorumLost atomic.Bool
+	// replayTarget is the commit index this member recovered from its WAL; replayed is
+	// closed once it has applied that much, and client reads wait for it, so that a
+	// restarted member never answers from a state older than the one it had.
+	replayTarget uint64
+	replayed     chan struct{}
 	// changes hands the latest leader change from followLeadership to leaderLoop.
 	changes chan raftstore.LeaderChange
 	// stopping is set when a planned stop begins; the lessor is never promoted again.
@@ -89,8 +87,10 @@ type Server struct {
 // sessionBridge adapts the lessor to the machine's SessionObserver.
 type sessionBridge struct{ l *session.Lessor }
 
-func (b sessionBridge) SessionOpened(id, ttlMs int64) { b.l.SessionOpened(id, ttlMs) }
-func (b sessionBridge) SessionRemoved(id int64)       { b.l.SessionRemoved(id) }
+func (b sessionBridge) SessionOpened(id, ttlMs, deadlineMs int64) {
+	b.l.SessionOpened(id, time.Duration(ttlMs)*time.Millisecond, deadlineTime(deadlineMs))
+}
+func (b sessionBridge) SessionRemoved(id int64) { b.l.SessionRemoved(id) }
 func (b sessionBridge) SessionsReset(ss []tree.SessionInfo) {
 	b.l.SessionsReset(sessionStates(ss))
 }
@@ -98,12 +98,17 @@ func (b sessionBridge) SessionsReset(ss []tree.SessionInfo) {
 func sessionStates(ss []tree.SessionInfo) []session.State {
 	out := make([]session.State, 0, len(ss))
 	for _, s := range ss {
-		out = append(out, session.State{
-			ID: s.ID, TTL: time.Duration(s.TTLMs) * time.Millisecond,
-			Remaining: time.Duration(s.RemainingMs) * time.Millisecond, Renewed: s.Renewed,
-		})
+		out = append(out, session.State{ID: s.ID, TTL: time.Duration(s.TTLMs) * time.Millisecond, Deadline: deadlineTime(s.DeadlineMs)})
 	}
 	return out
+}
+
+// deadlineTime converts a recorded deadline (unix ms, 0 for none) to a wall-clock time.
+func deadlineTime(ms int64) time.Time {
+	if ms == 0 {
+		return time.Time{}
+	}
+	return time.UnixMilli(ms)
 }
 
 // New validates cfg, opens the data dir and recovers the state. It starts nothing; a
@@ -118,7 +123,7 @@ func New(cfg Config, logger *slog.Logger) (*Server, error) {
 	}
 	members, _ := ParseInitialCluster(cfg.InitialCluster)
 	s := &Server{cfg: cfg, log: logger.With("member", cfg.Name), reg: prometheus.NewRegistry(), id: MemberID(cfg.Name),
-		changes: make(chan raftstore.LeaderChange, 1)}
+		changes: make(chan raftstore.LeaderChange, 1), replayed: make(chan struct{})}
 	s.drainCtx, s.drainCancel = context.WithCancel(context.Background())
 	initial := &leaderState{since: time.Now()}
 	initial.done, initial.cancel = context.WithCancel(context.Background())
@@ -138,7 +143,7 @@ func New(cfg Config, logger *slog.Logger) (*Server, error) {
 		s.clusterID = ClusterIDOf(base)
 	}
 	s.hub = watch.NewHub(0, watch.Options{HistoryEvents: cfg.HistoryWindow, WatcherBuffer: cfg.WatcherBuffer})
-	s.lessor = session.New(session.Options{ElectionTimeout: cfg.ElectionTimeout, LeaseWindow: cfg.leaseWindow()})
+	s.lessor = session.New(session.Options{ClockSkew: cfg.MaxClockSkew})
 	s.machine = tree.New(tree.Options{Publisher: s.hub, Sessions: sessionBridge{s.lessor}})
 	if err := loadSeed(cfg.DataDir, s.machine); err != nil {
 		return nil, err
@@ -180,6 +185,7 @@ func New(cfg Config, logger *slog.Logger) (*Server, error) {
 		return nil, fmt.Errorf("open raft node %s: %w", cfg.Name, err)
 	}
 	s.node = node
+	s.replayTarget = node.Status().CommitIndex
 	return s, nil
 }
 
@@ -314,7 +320,8 @@ func (s *Server) Run(ctx context.Context) error {
 	g.go_("peer service", func() error { return s.node.ServePeers(runCtx, peerL) })
 	g.go_("leadership", func() error { return s.followLeadership(runCtx) })
 	g.go_("session leader loop", func() error { return s.leaderLoop(runCtx) })
-	g.go_("quorum lease", func() error { return s.leaseLoop(runCtx) })
+	g.go_("quorum watch", func() error { return s.quorumWatch(runCtx) })
+	g.go_("replay", func() error { return s.trackReplay(runCtx) })
 	g.go_("client api", func() error { return clientSrv.Serve(clientL) })
 	if metricsL != nil {
 		u := "http://" + metricsL.Addr().String()
@@ -467,13 +474,16 @@ func (s *Server) followLeadership(ctx context.Context) error {
 			s.setLead(func(st *leaderState) {
 				if st.leader != lc.Leader {
 					st.since = now
+					if st.leader == s.id && lc.Leader == 0 && lc.Term == st.term {
+						// Raft's CheckQuorum stepped this leader down: it has not heard from a
+						// majority for at least an election timeout. Calls fail at once with
+						// NO_LEADER, so that clients move to the majority's side instead of
+						// waiting for an election this member cannot join.
+						st.since = now.Add(-s.cfg.ElectionTimeout)
+					}
 				}
 				st.leader, st.term = lc.Leader, lc.Term
 			})
-			if lc.IsLeader {
-				// Being elected is evidence of a quorum: a majority voted for this member.
-				s.progressAt.Store(now.UnixNano())
-			}
 			if leader, term := s.lessor.IsLeader(); leader && (!lc.IsLeader || term != lc.Term) {
 				s.lessor.Demote()
 				s.log.Info("lost leadership", "term", lc.Term, "leader", FormatID(lc.Leader))
@@ -527,7 +537,6 @@ func (s *Server) stillLeader(term uint64) bool {
 // applied (a ReadIndex barrier), then proposes the promotion checkpoint. Nothing is
 // promoted when the member lost that leadership meanwhile or is stopping.
 func (s *Server) promote(ctx context.Context, term uint64) {
-	start := time.Now()
 	rctx, cancel := context.WithTimeout(ctx, s.cfg.RequestTimeout)
 	defer cancel()
 	if err := s.node.ReadIndex(rctx); err != nil {
@@ -539,7 +548,6 @@ func (s *Server) promote(ctx context.Context, term uint64) {
 		s.leadMu.Unlock()
 		return
 	}
-	s.lessor.Confirm(start)
 	var cps []session.Checkpoint
 	s.machine.WithSessions(func(ss []tree.SessionInfo) {
 		cps = s.lessor.Promote(term, sessionStates(ss))
@@ -549,56 +557,10 @@ func (s *Server) promote(ctx context.Context, term uint64) {
 	s.proposeCheckpoints(ctx, term, cps)
 }
 
-// leaseWindow is how long after a quorum confirmation the leader renews sessions: the
-// election timeout less two heartbeats (a follower that heard from the leader refuses to
-// elect another for an election timeout less at most one tick; the second heartbeat is
-// margin), at least one heartbeat.
-func (c *Config) leaseWindow() time.Duration {
-	return max(c.ElectionTimeout-2*c.HeartbeatInterval, c.HeartbeatInterval)
-}
-
-// confirmQuorum runs one ReadIndex round trip as the leader of term and, when a quorum
-// answered while this member still led in term, records it (lessor lease, quorumAt).
-func (s *Server) confirmQuorum(ctx context.Context, term uint64, timeout time.Duration) bool {
-	start := time.Now()
-	rctx, cancel := context.WithTimeout(ctx, timeout)
-	err := s.node.ReadIndex(rctx)
-	cancel()
-	if err != nil || !s.stillLeader(term) {
-		return false
-	}
-	s.lessor.Confirm(start)
-	storeMax(&s.quorumAt, start.UnixNano())
-	storeMax(&s.progressAt, time.Now().UnixNano())
-	if s.quorumLost.CompareAndSwap(true, false) {
-		s.log.Info("leader confirmed its quorum again", "term", term)
-	}
-	return true
-}
-
-// storeMax sets v to x unless it holds a later value.
-func storeMax(v *atomic.Int64, x int64) {
-	for {
-		old := v.Load()
-		if old >= x || v.CompareAndSwap(old, x) {
-			return
-		}
-	}
-}
-
-// maxProbes bounds the quorum probes in flight.
-const maxProbes = 8
-
-// leaseLoop confirms, every heartbeat while this member leads, that a quorum still
-// follows it (a ReadIndex round trip). The confirmations keep the lessor's lease, without
-// which keepalives are refused, and their completions are the evidence without which new
-// writes and reads fail fast (see unavailable). Probes run concurrently (up to
-// maxProbes), so that a slow one does not delay the next. It waits for its probes before
-// returning.
-func (s *Server) leaseLoop(ctx context.Context) error {
-	var wg sync.WaitGroup
-	defer wg.Wait()
-	var inflight atomic.Int32
+// quorumWatch checks, every heartbeat, whether this member leads without having heard from
+// a majority for an election timeout (quorumSilence), and logs and counts it. Nothing is
+// refused for it: raft fences writes, and its CheckQuorum steps a cut-off leader down.
+func (s *Server) quorumWatch(ctx context.Context) error {
 	t := time.NewTicker(s.cfg.HeartbeatInterval)
 	defer t.Stop()
 	for {
@@ -607,24 +569,36 @@ func (s *Server) leaseLoop(ctx context.Context) error {
 			return nil
 		case <-t.C:
 		}
-		st := s.node.Status()
-		if !st.IsLeader {
-			continue
-		}
-		if inflight.Load() < maxProbes {
-			inflight.Add(1)
-			wg.Add(1)
-			go func() {
-				defer wg.Done()
-				defer inflight.Add(-1)
-				s.confirmQuorum(ctx, st.Term, 2*s.cfg.ElectionTimeout)
-			}()
-		}
-		if time.Since(time.Unix(0, s.progressAt.Load())) > s.cfg.ElectionTimeout && s.quorumLost.CompareAndSwap(false, true) {
+		d, lost := s.quorumSilence(time.Now())
+		if lost && s.quorumLost.CompareAndSwap(false, true) {
 			s.metrics.quorumLost.Inc()
-			s.log.Warn("leader cannot confirm a quorum; refusing new writes, reads and keepalives", "term", st.Term)
+			s.log.Warn("leader has not heard from a majority for an election timeout (cut off, or its followers are overloaded)", "silence", d)
+		}
+		if !lost && s.quorumLost.CompareAndSwap(true, false) {
+			s.log.Info("leader hears from a majority again, or no longer leads")
 		}
 	}
+}
+
+// trackReplay closes replayed once the member has applied the commit index it recovered
+// from its WAL (at once for a new member).
+func (s *Server) trackReplay(ctx context.Context) error {
+	defer close(s.replayed)
+	if s.node.AppliedIndex() >= s.replayTarget {
+		return nil
+	}
+	start := time.Now()
+	t := time.NewTicker(time.Millisecond)
+	defer t.Stop()
+	for s.node.AppliedIndex() < s.replayTarget {
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-t.C:
+		}
+	}
+	s.log.Info("replayed the local log; serving reads", "applied", s.node.AppliedIndex(), "took", time.Since(start))
+	return nil
 }
 
 func (s *Server) proposeCheckpoints(ctx context.Context, term uint64, cps []session.Checkpoint) {
@@ -633,12 +607,12 @@ func (s *Server) proposeCheckpoints(ctx context.Context, term uint64, cps []sess
 	}
 	tcps := make([]tree.Checkpoint, 0, len(cps))
 	for _, c := range cps {
-		tcps = append(tcps, tree.Checkpoint{ID: c.ID, RemainingMs: c.Remaining.Milliseconds(), Renewed: c.Renewed})
+		tcps = append(tcps, tree.Checkpoint{ID: c.ID, DeadlineMs: c.Deadline.UnixMilli()})
 	}
 	pctx, cancel := context.WithTimeout(ctx, s.cfg.RequestTimeout)
 	defer cancel()
-	if _, err := s.node.Propose(pctx, tree.EncodeTTLCheckpoint(term, tcps)); err != nil && ctx.Err() == nil {
-		s.log.Warn("propose ttl checkpoint", "term", term, "sessions", len(tcps), "err", err)
+	if _, err := s.node.Propose(pctx, tree.EncodeDeadlineCheckpoint(term, tcps)); err != nil && ctx.Err() == nil {
+		s.log.Warn("propose session deadlines", "term", term, "sessions", len(tcps), "err", err)
 	}
 	s.metrics.checkpoints.Add(float64(len(tcps)))
 }

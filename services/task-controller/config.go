@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"net/url"
 	"os"
 	"strings"
 	"time"
@@ -15,6 +16,10 @@ import (
 // DefaultListen is where the API listens by default; the CLI's default endpoint
 // (http://127.0.0.1:7070) and berth dev use it.
 const DefaultListen = "127.0.0.1:7070"
+
+// DefaultNamesURL is the name service's default HTTP API address (berth dev serves it
+// there too).
+const DefaultNamesURL = "http://127.0.0.1:7071"
 
 // Config is berth-controller's configuration: defaults from DefaultConfig, then a YAML
 // file, then BERTH_* variables, then flags (pkg/config).
@@ -42,6 +47,10 @@ type Config struct {
 	PollInterval time.Duration `yaml:"poll_interval" env:"POLL_INTERVAL" flag:"poll-interval" usage:"how often a running step is asked about again"`
 	// ResultGrace is how long past a step's timeout its result is waited for.
 	ResultGrace time.Duration `yaml:"result_grace" env:"RESULT_GRACE" flag:"result-grace" usage:"wait past a step's timeout before it is timed_out"`
+	// NamesURL is the base URL of the name service's HTTP API (berth-name-service
+	// http_listen); /v1/names/ proxies to it so that the console talks to one origin.
+	// Empty turns the proxy off.
+	NamesURL string `yaml:"names_url" env:"NAMES_URL" flag:"names-url" usage:"base URL of the name service's HTTP API, proxied at /v1/names/ (empty: off)"`
 	// EnsureStreams creates or updates the JetStream streams at start.
 	EnsureStreams bool `yaml:"ensure_streams" env:"ENSURE_STREAMS" flag:"ensure-streams" usage:"create or update the JetStream streams at start"`
 	// Log selects the log format and level.
@@ -63,6 +72,7 @@ func DefaultConfig() Config {
 		PollInterval:       5 * time.Second,
 		ResultGrace:        30 * time.Second,
 		EnsureStreams:      true,
+		NamesURL:           DefaultNamesURL,
 	}
 }
 
@@ -98,10 +108,37 @@ func (c *Config) Validate() error {
 			return fmt.Errorf("coord: endpoint %q: want host:port", ep)
 		}
 	}
+	if _, err := ParseNamesURL(c.NamesURL); err != nil {
+		return fmt.Errorf("names_url: %w", err)
+	}
 	if err := c.Log.Validate(); err != nil {
 		return fmt.Errorf("log: %w", err)
 	}
 	return nil
+}
+
+// ParseNamesURL checks a names_url: empty (nil: no proxy), or an http or https URL with a
+// host and no query, user or fragment; a path is kept as a prefix (a proxy in front of the
+// name service).
+func ParseNamesURL(s string) (*url.URL, error) {
+	if s == "" {
+		return nil, nil
+	}
+	u, err := url.Parse(s)
+	if err != nil {
+		return nil, fmt.Errorf("%q: %w", s, err)
+	}
+	switch {
+	case u.Scheme != "http" && u.Scheme != "https":
+		return nil, fmt.Errorf("%q: want an http:// or https:// URL", s)
+	case u.Host == "":
+		return nil, fmt.Errorf("%q: no host", s)
+	case u.User != nil || u.RawQuery != "" || u.Fragment != "" || u.Opaque != "":
+		return nil, fmt.Errorf("%q: want scheme://host[:port][/path] without user, query or fragment", s)
+	}
+	u.Path = strings.TrimSuffix(u.Path, "/")
+	u.RawPath = ""
+	return u, nil
 }
 
 var errNoCoord = errors.New("coord: no endpoint configured and no client given")

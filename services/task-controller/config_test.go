@@ -25,6 +25,13 @@ func TestConfigValidate(t *testing.T) {
 		{"poll", func(c *Config) { c.PollInterval = 0 }, "poll_interval"},
 		{"coord", func(c *Config) { c.Coord = "a,b:1" }, "coord"},
 		{"log", func(c *Config) { c.Log.Format = "xml" }, "log"},
+		{"names off", func(c *Config) { c.NamesURL = "" }, ""},
+		{"names https prefix", func(c *Config) { c.NamesURL = "https://names.example:8443/berth/" }, ""},
+		{"names scheme", func(c *Config) { c.NamesURL = "ftp://127.0.0.1:7071" }, "names_url"},
+		{"names host", func(c *Config) { c.NamesURL = "http:///v1" }, "names_url"},
+		{"names query", func(c *Config) { c.NamesURL = "http://127.0.0.1:7071/?x=1" }, "names_url"},
+		{"names user", func(c *Config) { c.NamesURL = "http://u:p@127.0.0.1:7071" }, "names_url"},
+		{"names relative", func(c *Config) { c.NamesURL = "127.0.0.1:7071" }, "names_url"},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {

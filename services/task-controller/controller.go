@@ -31,6 +31,7 @@ import (
 	"github.com/berthdev/berth/pkg/natsbus"
 	"github.com/berthdev/berth/pkg/run"
 	"github.com/berthdev/berth/services/task-controller/internal/api"
+	"github.com/berthdev/berth/services/task-controller/internal/console"
 	"github.com/berthdev/berth/services/task-controller/internal/engine"
 	"github.com/berthdev/berth/services/task-controller/internal/model"
 )
@@ -151,11 +152,16 @@ func (c *Controller) Run(ctx context.Context) error {
 			c.log.Warn("streams not ensured; events may not be stored", "err", err)
 		}
 	}
-	a, err := api.New(cc, bus, c.source(), c.log, c.reg)
+	names, err := ParseNamesURL(c.cfg.NamesURL)
+	if err != nil {
+		return fmt.Errorf("names_url: %w", err)
+	}
+	a, err := api.New(cc, bus, c.source(), c.log, c.reg, api.Options{NamesURL: names, Done: ctx.Done()})
 	if err != nil {
 		return err
 	}
 	a.Register(c.srv)
+	console.Register(c.srv)
 	c.srv.Handle("GET /v1/leader", http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		l, err := cc.Leader(r.Context(), model.LeaderRole)
 		w.Header().Set("Content-Type", "application/json")

@@ -249,6 +249,10 @@ const (
 	ErrorReason_ERROR_REASON_MEMBER_EXISTS ErrorReason = 16
 	// ERROR_REASON_INTERNAL (INTERNAL): a bug or damaged data; see the message.
 	ErrorReason_ERROR_REASON_INTERNAL ErrorReason = 17
+	// ERROR_REASON_STARTING (UNAVAILABLE): the member has just started and has not yet
+	// applied the log it recovered, so it cannot answer reads yet. Retry shortly or on
+	// another member.
+	ErrorReason_ERROR_REASON_STARTING ErrorReason = 18
 )
 
 // Enum value maps for ErrorReason.
@@ -272,6 +276,7 @@ var (
 		15: "ERROR_REASON_VERSION_MISMATCH",
 		16: "ERROR_REASON_MEMBER_EXISTS",
 		17: "ERROR_REASON_INTERNAL",
+		18: "ERROR_REASON_STARTING",
 	}
 	ErrorReason_value = map[string]int32{
 		"ERROR_REASON_UNSPECIFIED":       0,
@@ -292,6 +297,7 @@ var (
 		"ERROR_REASON_VERSION_MISMATCH":  15,
 		"ERROR_REASON_MEMBER_EXISTS":     16,
 		"ERROR_REASON_INTERNAL":          17,
+		"ERROR_REASON_STARTING":          18,
 	}
 )
 
@@ -1743,7 +1749,12 @@ type WatchRequest struct {
 	// start_revision is the first revision to report; 0 means from the next write.
 	StartRevision int64 `protobuf:"varint,3,opt,name=start_revision,json=startRevision,proto3" json:"start_revision,omitempty"`
 	// prev_node asks for each event's previous node (the node before the change).
-	PrevNode      bool `protobuf:"varint,4,opt,name=prev_node,json=prevNode,proto3" json:"prev_node,omitempty"`
+	PrevNode bool `protobuf:"varint,4,opt,name=prev_node,json=prevNode,proto3" json:"prev_node,omitempty"`
+	// fragment lets the member split a revision with more events than fit in one response
+	// (a session expiry deleting thousands of ephemerals, a large recursive delete) across
+	// several responses, each but the last with fragment set; the client joins them. Without
+	// it, a revision is always sent whole in one response, however large.
+	Fragment      bool `protobuf:"varint,5,opt,name=fragment,proto3" json:"fragment,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1802,6 +1813,13 @@ func (x *WatchRequest) GetStartRevision() int64 {
 func (x *WatchRequest) GetPrevNode() bool {
 	if x != nil {
 		return x.PrevNode
+	}
+	return false
+}
+
+func (x *WatchRequest) GetFragment() bool {
+	if x != nil {
+		return x.Fragment
 	}
 	return false
 }
@@ -1890,7 +1908,11 @@ type WatchResponse struct {
 	// created is true on the first response of the stream only.
 	Created bool `protobuf:"varint,2,opt,name=created,proto3" json:"created,omitempty"`
 	// events are the changes, oldest first.
-	Events        []*Event `protobuf:"bytes,3,rep,name=events,proto3" json:"events,omitempty"`
+	Events []*Event `protobuf:"bytes,3,rep,name=events,proto3" json:"events,omitempty"`
+	// fragment is set when the last revision of events continues in the next response (only
+	// on watches that asked for fragments): the client must join the responses up to and
+	// including the first one without fragment before it has that revision whole.
+	Fragment      bool `protobuf:"varint,4,opt,name=fragment,proto3" json:"fragment,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1944,6 +1966,13 @@ func (x *WatchResponse) GetEvents() []*Event {
 		return x.Events
 	}
 	return nil
+}
+
+func (x *WatchResponse) GetFragment() bool {
+	if x != nil {
+		return x.Fragment
+	}
+	return false
 }
 
 // CompactedDetail is attached to the OUT_OF_RANGE status that ends a Watch whose
@@ -3243,21 +3272,23 @@ const file_berth_coord_v1_coord_proto_rawDesc = "" +
 	"\vTxnResponse\x126\n" +
 	"\x06header\x18\x01 \x01(\v2\x1e.berth.coord.v1.ResponseHeaderR\x06header\x12\x1c\n" +
 	"\tsucceeded\x18\x02 \x01(\bR\tsucceeded\x122\n" +
-	"\aresults\x18\x03 \x03(\v2\x18.berth.coord.v1.OpResultR\aresults\"\x84\x01\n" +
+	"\aresults\x18\x03 \x03(\v2\x18.berth.coord.v1.OpResultR\aresults\"\xa0\x01\n" +
 	"\fWatchRequest\x12\x12\n" +
 	"\x04path\x18\x01 \x01(\tR\x04path\x12\x1c\n" +
 	"\trecursive\x18\x02 \x01(\bR\trecursive\x12%\n" +
 	"\x0estart_revision\x18\x03 \x01(\x03R\rstartRevision\x12\x1b\n" +
-	"\tprev_node\x18\x04 \x01(\bR\bprevNode\"\xaf\x01\n" +
+	"\tprev_node\x18\x04 \x01(\bR\bprevNode\x12\x1a\n" +
+	"\bfragment\x18\x05 \x01(\bR\bfragment\"\xaf\x01\n" +
 	"\x05Event\x12-\n" +
 	"\x04type\x18\x01 \x01(\x0e2\x19.berth.coord.v1.EventTypeR\x04type\x12(\n" +
 	"\x04node\x18\x02 \x01(\v2\x14.berth.coord.v1.NodeR\x04node\x121\n" +
 	"\tprev_node\x18\x03 \x01(\v2\x14.berth.coord.v1.NodeR\bprevNode\x12\x1a\n" +
-	"\brevision\x18\x04 \x01(\x03R\brevision\"\x90\x01\n" +
+	"\brevision\x18\x04 \x01(\x03R\brevision\"\xac\x01\n" +
 	"\rWatchResponse\x126\n" +
 	"\x06header\x18\x01 \x01(\v2\x1e.berth.coord.v1.ResponseHeaderR\x06header\x12\x18\n" +
 	"\acreated\x18\x02 \x01(\bR\acreated\x12-\n" +
-	"\x06events\x18\x03 \x03(\v2\x15.berth.coord.v1.EventR\x06events\"g\n" +
+	"\x06events\x18\x03 \x03(\v2\x15.berth.coord.v1.EventR\x06events\x12\x1a\n" +
+	"\bfragment\x18\x04 \x01(\bR\bfragment\"g\n" +
 	"\x0fCompactedDetail\x12)\n" +
 	"\x10compact_revision\x18\x01 \x01(\x03R\x0fcompactRevision\x12)\n" +
 	"\x10current_revision\x18\x02 \x01(\x03R\x0fcurrentRevision\"7\n" +
@@ -3348,7 +3379,7 @@ const file_berth_coord_v1_coord_proto_rawDesc = "" +
 	"\tEventType\x12\x1a\n" +
 	"\x16EVENT_TYPE_UNSPECIFIED\x10\x00\x12\x12\n" +
 	"\x0eEVENT_TYPE_PUT\x10\x01\x12\x15\n" +
-	"\x11EVENT_TYPE_DELETE\x10\x02*\xbc\x04\n" +
+	"\x11EVENT_TYPE_DELETE\x10\x02*\xd7\x04\n" +
 	"\vErrorReason\x12\x1c\n" +
 	"\x18ERROR_REASON_UNSPECIFIED\x10\x00\x12\x1d\n" +
 	"\x19ERROR_REASON_INVALID_PATH\x10\x01\x12!\n" +
@@ -3368,7 +3399,8 @@ const file_berth_coord_v1_coord_proto_rawDesc = "" +
 	"\x16ERROR_REASON_NOT_FOUND\x10\x0e\x12!\n" +
 	"\x1dERROR_REASON_VERSION_MISMATCH\x10\x0f\x12\x1e\n" +
 	"\x1aERROR_REASON_MEMBER_EXISTS\x10\x10\x12\x19\n" +
-	"\x15ERROR_REASON_INTERNAL\x10\x112\xd3\b\n" +
+	"\x15ERROR_REASON_INTERNAL\x10\x11\x12\x19\n" +
+	"\x15ERROR_REASON_STARTING\x10\x122\xd3\b\n" +
 	"\fCoordService\x12>\n" +
 	"\x03Get\x12\x1a.berth.coord.v1.GetRequest\x1a\x1b.berth.coord.v1.GetResponse\x12A\n" +
 	"\x04List\x12\x1b.berth.coord.v1.ListRequest\x1a\x1c.berth.coord.v1.ListResponse\x12>\n" +

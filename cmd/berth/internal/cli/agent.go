@@ -79,11 +79,11 @@ The NATS URL is --nats, else $BERTH_NATS_URL, else nats://127.0.0.1:4222 (berth 
   berth agent step --host h-017 --plugin package-deploy --action status --arg service=hotel/search`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			if !cmd.Flags().Changed("nats") {
-				if env := os.Getenv(envNATSURL); env != "" {
-					o.nats = env
-				}
+			r, err := resolveSetting(cmd, settingNATS, "nats", o.nats)
+			if err != nil {
+				return err
 			}
+			o.nats = r.Value
 			return runAgentStep(cmd.Context(), cmd.OutOrStdout(), cmd.ErrOrStderr(), o)
 		},
 	}

@@ -82,12 +82,11 @@ output instead of text.`,
 
 // endpointList returns the endpoints from --endpoints or the environment.
 func (o *coordOptions) endpointList(cmd *cobra.Command) ([]string, error) {
-	raw := o.endpoints
-	if !cmd.Flags().Changed("endpoints") {
-		if env := os.Getenv(envCoordEndpoints); env != "" {
-			raw = env
-		}
+	r, err := resolveSetting(cmd, settingCoord, "endpoints", o.endpoints)
+	if err != nil {
+		return nil, err
 	}
+	raw := r.Value
 	var eps []string
 	for ep := range strings.SplitSeq(raw, ",") {
 		if ep = strings.TrimSpace(ep); ep != "" {

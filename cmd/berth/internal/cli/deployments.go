@@ -56,15 +56,17 @@ func controllerFlag(cmd *cobra.Command) *string {
 	return s
 }
 
-// controllerURL resolves --controller, $BERTH_CONTROLLER_URL and the default.
+// controllerURL resolves --controller, $BERTH_CONTROLLER_URL, the CLI context and the
+// default.
 func controllerURL(cmd *cobra.Command, flag string) (string, error) {
-	u := flag
-	if f := cmd.Flags().Lookup("controller"); (f == nil || !f.Changed) && os.Getenv(envControllerURL) != "" {
-		u = os.Getenv(envControllerURL)
+	r, err := resolveSetting(cmd, settingController, "controller", flag)
+	if err != nil {
+		return "", err
 	}
+	u := r.Value
 	p, err := url.Parse(u)
 	if err != nil || (p.Scheme != "http" && p.Scheme != "https") || p.Host == "" {
-		return "", fmt.Errorf("--controller %q: want an http:// or https:// URL", u)
+		return "", fmt.Errorf("--controller %q (from %s): want an http:// or https:// URL", u, r.Source)
 	}
 	return strings.TrimRight(u, "/"), nil
 }
@@ -114,9 +116,12 @@ func (c *apiClient) call(ctx context.Context, method, path string, body any) ([]
 	if u := os.Getenv("USER"); u != "" {
 		req.Header.Set("X-Berth-User", u)
 	}
+	if tok := bearerToken(ctx); tok != "" {
+		req.Header.Set("Authorization", "Bearer "+tok)
+	}
 	resp, err := c.hc.Do(req)
 	if err != nil {
-		return nil, fmt.Errorf("reach the controller at %s: %w", c.base, err)
+		return nil, unreachable("controller", c.base, "--controller", err)
 	}
 	defer resp.Body.Close()
 	b, err := io.ReadAll(io.LimitReader(resp.Body, 64<<20))

@@ -6,7 +6,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"os"
 	"slices"
 	"strings"
 	"time"
@@ -61,11 +60,11 @@ The NATS URL is --nats, else $BERTH_NATS_URL, else nats://127.0.0.1:4222 (berth 
   berth events --follow --since 10m --json`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			if !cmd.Flags().Changed("nats") {
-				if env := os.Getenv(envNATSURL); env != "" {
-					o.nats = env
-				}
+			r, err := resolveSetting(cmd, settingNATS, "nats", o.nats)
+			if err != nil {
+				return err
 			}
+			o.nats = r.Value
 			return runEvents(cmd.Context(), cmd.OutOrStdout(), o, time.Now())
 		},
 	}

@@ -6,7 +6,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"os"
 	"slices"
 	"strconv"
 	"strings"
@@ -77,12 +76,11 @@ const (
 
 // run connects to coord and runs fn bounded by --timeout.
 func (o *hostsOptions) run(cmd *cobra.Command, fn func(ctx context.Context, cl *coordclient.Client) error) error {
-	raw := o.coord
-	if !cmd.Flags().Changed("coord") {
-		if env := os.Getenv(hostsEnvCoord); env != "" {
-			raw = env
-		}
+	r, err := resolveSetting(cmd, settingCoord, "coord", o.coord)
+	if err != nil {
+		return err
 	}
+	raw := r.Value
 	var eps []string
 	for ep := range strings.SplitSeq(raw, ",") {
 		if ep = strings.TrimSpace(ep); ep != "" {

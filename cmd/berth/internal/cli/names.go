@@ -40,11 +40,11 @@ func addNamesFlag(cmd *cobra.Command) func() (*namesClient, error) {
 	var base string
 	cmd.Flags().StringVar(&base, "names", defaultNamesURL, "name service URL (also $"+envNamesURL+")")
 	return func() (*namesClient, error) {
-		if !cmd.Flags().Changed("names") {
-			if env := os.Getenv(envNamesURL); env != "" {
-				base = env
-			}
+		r, err := resolveSetting(cmd, settingNames, "names", base)
+		if err != nil {
+			return nil, err
 		}
+		base = r.Value
 		u, err := url.Parse(base)
 		if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
 			return nil, fmt.Errorf("--names %q: want http(s)://host:port", base)
@@ -73,9 +73,12 @@ func (c *namesClient) do(ctx context.Context, method, path string, body []byte, 
 	if u := os.Getenv("USER"); u != "" {
 		req.Header.Set("X-Berth-User", u)
 	}
+	if tok := bearerToken(ctx); tok != "" {
+		req.Header.Set("Authorization", "Bearer "+tok)
+	}
 	resp, err := c.http.Do(req)
 	if err != nil {
-		return nil, fmt.Errorf("name service %s: %w", c.base, err)
+		return nil, unreachable("name service", c.base, "--names", err)
 	}
 	defer resp.Body.Close()
 	data, err := io.ReadAll(resp.Body)

@@ -30,8 +30,12 @@ func NewRoot() *cobra.Command {
 		SilenceUsage:  true,
 		SilenceErrors: true,
 	}
+	useContexts(root)
 	root.AddCommand(
 		newVersionCmd(),
+		newStatusCmd(),
+		newContextCmd(),
+		newCompletionCmd(),
 		newDevCmd(),
 		newEventsCmd(),
 		newInstancesCmd(),
@@ -45,6 +49,7 @@ func NewRoot() *cobra.Command {
 		newTreeCmd(),
 		newHostsCmd(),
 		newAgentCmd(),
+		newImagesCmd(),
 		newCertsCmd(),
 	)
 	return root

@@ -3,8 +3,11 @@ package dev
 import (
 	"context"
 	"fmt"
+	"net"
 	"os"
 	"path/filepath"
+	"strconv"
+	"time"
 
 	"github.com/berthdev/berth/pkg/run"
 	"github.com/berthdev/berth/services/agent"
@@ -21,6 +24,14 @@ func startAgent(ctx context.Context, e *env, g *run.Group) error {
 	cfg.NATS = e.natsURL
 	cfg.Coord = e.coordEndpoint
 	cfg.ListenMetrics = ""
+	// Old releases wait the DNS TTL before they stop; in dev that wait is kept short.
+	cfg.Drain.MaxWait = time.Second
+	if e.cfg.ResolverPort >= 0 {
+		cfg.DNSListen = net.JoinHostPort(e.cfg.Host, strconv.Itoa(e.cfg.ResolverPort))
+	}
+	if e.cfg.AgentAPIPort >= 0 {
+		cfg.NameAPIListen = net.JoinHostPort(e.cfg.Host, strconv.Itoa(e.cfg.AgentAPIPort))
+	}
 	plugins := filepath.Join(e.cfg.DataDir, "plugins")
 	if err := os.MkdirAll(plugins, 0o755); err != nil {
 		return fmt.Errorf("plugin directory: %w", err)
@@ -34,6 +45,22 @@ func startAgent(ctx context.Context, e *env, g *run.Group) error {
 		return fmt.Errorf("agent: %w", err)
 	}
 	g.Add("agent", a.Run)
+	g.Start()
+	// The agent binds its listeners as it starts running; wait briefly to print them.
+	var addrs *agent.Addrs
+	for deadline := time.Now().Add(5 * time.Second); time.Now().Before(deadline); time.Sleep(20 * time.Millisecond) {
+		if addrs = a.Addrs(); addrs != nil || (e.cfg.ResolverPort < 0 && e.cfg.AgentAPIPort < 0) {
+			break
+		}
+	}
+	if addrs != nil {
+		if addrs.DNS != nil {
+			e.announce("local DNS", addrs.DNS.String()+" (the agent's caching resolver: Berth zones and forwarding)")
+		}
+		if addrs.NameAPI != nil {
+			e.announce("local names", "http://"+addrs.NameAPI.String()+" (the agent's name API)")
+		}
+	}
 	e.announce("agent", fmt.Sprintf("host %s, apps in %s, plugins in %s", e.hostID, filepath.Join(cfg.DataDir, "apps"), plugins))
 	return nil
 }

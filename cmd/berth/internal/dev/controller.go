@@ -17,6 +17,7 @@ func startController(ctx context.Context, e *env, g *run.Group) error {
 	cfg.Replica = "dev"
 	cfg.Listen = net.JoinHostPort(e.cfg.Host, strconv.Itoa(e.cfg.ControllerPort))
 	cfg.ListenMetrics = ""
+	cfg.NamesURL = e.namesURL // the console's Names page asks this berth dev's name service
 	cfg.EnsureStreams = false // berth dev created them with NATS
 	c, err := controller.New(cfg, controller.Deps{Bus: e.bus, Coord: e.coord, Logger: e.log, Registerer: e.reg})
 	if err != nil {
@@ -27,6 +28,9 @@ func startController(ctx context.Context, e *env, g *run.Group) error {
 		return fmt.Errorf("controller: %w (is another berth dev running? pass --controller-port)", err)
 	}
 	g.Add("controller", c.Run)
-	e.announce("controller", "http://"+addr.String())
+	e.controllerURL = "http://" + addr.String()
+	e.announce("controller", e.controllerURL)
+	// The console is served by the controller under /ui/.
+	e.announce("console", e.controllerURL+"/ui/")
 	return nil
 }

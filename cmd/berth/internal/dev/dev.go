@@ -43,6 +43,26 @@ type Config struct {
 	ControllerPort int
 	// AdminPort serves /metrics, /healthz and /readyz of everything.
 	AdminPort int
+	// ResolverPort is the local agent's caching DNS resolver (-1: off).
+	ResolverPort int
+	// AgentAPIPort is the local agent's HTTP name API (-1: off).
+	AgentAPIPort int
+	// ArtifactsDir is the directory the artifact server serves; "" means <DataDir>/artifacts.
+	ArtifactsDir string
+	// ArtifactsPort serves the artifacts over HTTP (downloads and uploads).
+	ArtifactsPort int
+	// FTPPort serves the artifacts over FTP (anonymous, read-only).
+	FTPPort int
+	// DockerHost is the Docker engine whose reachability is reported: unix:///path or
+	// tcp://host:port; "" means $DOCKER_HOST, else unix:///var/run/docker.sock.
+	DockerHost string
+	// Demo builds examples/demo, packs it and deploys it as demo/hello once everything is up.
+	Demo bool
+	// DemoPort is the port the demo app listens on.
+	DemoPort int
+	// DemoSource is the demo's source directory; "" looks for examples/demo in the working
+	// directory and its parents, then next to this source file.
+	DemoSource string
 	// LogLevel is the level of the services' logs.
 	LogLevel string
 	// Out receives the endpoints and progress lines meant for the person running berth dev.
@@ -60,10 +80,20 @@ const (
 	DefaultAdminPort = 7090
 	// DefaultControllerPort is the controller API's port.
 	DefaultControllerPort = 7070
+	// DefaultResolverPort is the local agent's caching resolver port.
+	DefaultResolverPort = 5300
+	// DefaultAgentAPIPort is the local agent's HTTP name API port.
+	DefaultAgentAPIPort = 7391
 	// DefaultDNSPort is the name service's DNS port.
 	DefaultDNSPort = 5354
 	// DefaultNamesPort is the name service's HTTP API port.
 	DefaultNamesPort = 7071
+	// DefaultArtifactsPort is the artifact server's HTTP port.
+	DefaultArtifactsPort = 7072
+	// DefaultFTPPort is the artifact server's FTP port.
+	DefaultFTPPort = 2121
+	// DefaultDemoPort is the port of the demo app deployed by --demo.
+	DefaultDemoPort = 8088
 )
 
 // DefaultDataDir is where berth dev keeps its data when --data is not given.
@@ -83,13 +113,19 @@ func (c *Config) Validate() error {
 	if c.NATSPort < 0 || c.NATSPort > 65535 {
 		return fmt.Errorf("--nats-port %d: want 0..65535", c.NATSPort)
 	}
+	if c.ResolverPort < -1 || c.ResolverPort > 65535 {
+		return fmt.Errorf("--resolver-port %d: want -1 (off) or 0..65535", c.ResolverPort)
+	}
+	if c.AgentAPIPort < -1 || c.AgentAPIPort > 65535 {
+		return fmt.Errorf("--agent-api-port %d: want -1 (off) or 0..65535", c.AgentAPIPort)
+	}
 	if c.AdminPort < 0 || c.AdminPort > 65535 {
 		return fmt.Errorf("--admin-port %d: want 0..65535", c.AdminPort)
 	}
 	for _, p := range []struct {
 		flag string
 		port int
-	}{{"--dns-port", c.DNSPort}, {"--names-port", c.NamesPort}} {
+	}{{"--dns-port", c.DNSPort}, {"--names-port", c.NamesPort}, {"--artifacts-port", c.ArtifactsPort}, {"--ftp-port", c.FTPPort}, {"--demo-port", c.DemoPort}} {
 		if p.port < 0 || p.port > 65535 {
 			return fmt.Errorf("%s %d: want 0..65535", p.flag, p.port)
 		}
@@ -125,6 +161,14 @@ type env struct {
 	readyChecks []readyCheck
 	// endpoints are printed once everything started, in order.
 	endpoints []endpoint
+	// controllerURL, namesURL are the controller's and the name service's HTTP APIs.
+	controllerURL, namesURL string
+	// artifactsDir is the artifact server's directory; artifactsURL and ftpURL its base
+	// URLs, with no trailing slash.
+	artifactsDir, artifactsURL, ftpURL string
+	// up is closed once every service started and the endpoints were printed; parts that
+	// talk to the person running berth dev wait for it.
+	up chan struct{}
 }
 
 type endpoint struct{ name, url string }
@@ -171,7 +215,7 @@ func Run(ctx context.Context, cfg Config) error {
 	if err != nil {
 		return fmt.Errorf("hostname: %w", err)
 	}
-	e := &env{cfg: cfg, log: log, reg: prometheus.NewRegistry(), hostID: host}
+	e := &env{cfg: cfg, log: log, reg: prometheus.NewRegistry(), hostID: host, up: make(chan struct{})}
 	g := &run.Group{StopTimeout: 8 * time.Second}
 	g.OnStop = func(name string, took time.Duration, err error) {
 		if err != nil && !errors.Is(err, context.Canceled) {
@@ -203,6 +247,7 @@ func Run(ctx context.Context, cfg Config) error {
 		fmt.Fprintf(cfg.Out, "  %-14s %s\n", ep.name, ep.url)
 	}
 	fmt.Fprintln(cfg.Out, "Press Ctrl-C to stop.")
+	close(e.up)
 	err = g.Wait(ctx)
 	fmt.Fprintln(cfg.Out, "berth dev stopped")
 	return err

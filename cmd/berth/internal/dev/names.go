@@ -26,7 +26,8 @@ func startNames(ctx context.Context, e *env, g *run.Group) error {
 		return fmt.Errorf("name service: %w (is another berth dev running? pass --dns-port / --names-port)", err)
 	}
 	g.Add("name-service", s.Run)
-	e.announce("names API", "http://"+addrs.HTTP.String())
+	e.namesURL = "http://" + addrs.HTTP.String()
+	e.announce("names API", e.namesURL)
 	e.announce("DNS", addrs.DNSUDP.String()+" (udp and tcp), zone ns.berth.internal")
 	e.dnsAddr = addrs.DNSUDP.String()
 	return nil

@@ -22,7 +22,10 @@ var services = []service{
 	{name: "cmdb-sync", start: startCMDBSync},
 	{name: "scheduler", start: startScheduler},
 	{name: "agent", start: startAgent},
-	{name: "controller", start: startController},
 	{name: "name-service", start: startNames},
+	{name: "controller", start: startController},
+	{name: "artifacts", start: startArtifacts},
+	{name: "containers", start: startContainers},
 	{name: "admin", start: startAdmin},
+	{name: "demo", start: startDemo},
 }

@@ -1,6 +1,8 @@
 // Command berth-agent is the Berth agent of one host: it runs task steps sent by the
-// controller (plugins and the built-in package-deploy plugin) and keeps the host's presence
-// in coord. See services/agent/README.md.
+// controller (plugins and the built-in package-deploy plugin), keeps the host's presence
+// in coord, registers and health-checks the host's instances, renders their templates, and
+// serves a local DNS resolver and name API. `berth-agent --once --dry-run --template F`
+// prints one template rendered with the current inputs. See services/agent/README.md.
 package main
 
 import (
@@ -16,7 +18,7 @@ import (
 )
 
 func main() {
-	cfg := agent.DefaultConfig()
+	cfg := agent.DaemonConfig()
 	if err := config.Load(&cfg, os.Args[1:], config.Options{Name: "berth-agent",
 		Usage: "berth-agent runs task steps for the Berth controller on this host.\n\nFlags (also BERTH_* variables and a YAML --config file):"}); err != nil {
 		if errors.Is(err, config.ErrHelp) {
@@ -32,6 +34,14 @@ func main() {
 	}
 	ctx, stop := run.SignalContext(context.Background())
 	defer stop()
+	if cfg.Once {
+		if err := agent.RenderOnce(ctx, cfg, os.Stdout, log); err != nil {
+			fmt.Fprintln(os.Stderr, "berth-agent:", err)
+			stop()
+			os.Exit(1)
+		}
+		return
+	}
 	a, err := agent.New(cfg, agent.Deps{Logger: log})
 	if err == nil {
 		err = a.Run(ctx)

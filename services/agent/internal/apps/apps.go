@@ -285,7 +285,6 @@ func (a *Apps) Drain(ctx context.Context, service string, port int) error {
 	if !a.cfg.Instances.Has(service, id) {
 		return nil
 	}
-	start := time.Now()
 	rev, err := a.cfg.Instances.Drain(ctx, service, id)
 	if err != nil {
 		return err
@@ -293,6 +292,9 @@ func (a *Apps) Drain(ctx context.Context, service string, port int) error {
 	if rev == 0 {
 		return nil
 	}
+	// Clients may hold the last answer that named the instance for a TTL from the moment
+	// it was deleted.
+	start := time.Now()
 	ttl := a.ttl(ctx, service)
 	wait := min(ttl, a.cfg.DrainMax)
 	bctx, cancel := context.WithTimeout(ctx, a.cfg.DrainMax)

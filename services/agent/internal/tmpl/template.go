@@ -88,9 +88,8 @@ type Template struct {
 
 // renderState is one render's inputs and what the functions saw.
 type renderState struct {
-	in    Inputs
-	empty []string
-	used  map[string]int
+	in   Inputs
+	used map[string]int
 }
 
 // Inputs are what a render reads.
@@ -108,10 +107,6 @@ type Result struct {
 	// Empty are the services for which service returned no instance, sorted.
 	Empty []string
 }
-
-// allowed are the function names, besides the builtins.
-var allowed = []string{"service", "key", "keyOr", "join", "split", "lower", "upper", "trim", "trimPrefix", "trimSuffix",
-	"replace", "contains", "hasPrefix", "hasSuffix", "sortStrings", "sortBy", "toJSON"}
 
 // Parse parses src, the template called name (its path, for errors), and finds its inputs.
 func Parse(name string, src []byte) (*Template, error) {

@@ -37,6 +37,7 @@ func run() int {
 	et := fs.Int("election-timeout", int(cfg.ElectionTimeout/time.Millisecond), "Raft election timeout in ms")
 	rt := fs.Int("request-timeout", int(cfg.RequestTimeout/time.Millisecond), "ms a write or linearizable read waits for the cluster")
 	fs.IntVar(&cfg.HistoryWindow, "history-window", cfg.HistoryWindow, "watch events kept for watchers that start from an older revision")
+	skew := fs.Int("max-clock-skew", int(cfg.MaxClockSkew/time.Millisecond), "ms the members' wall clocks may disagree (session deadlines are recorded on the leader's clock)")
 	snapEntries := fs.Uint64("snapshot-entries", cfg.SnapshotEntries, "applied entries between Raft snapshots")
 	fs.StringVar(&cfg.ClientTLS.Cert, "client-cert-file", "", "client API TLS certificate")
 	fs.StringVar(&cfg.ClientTLS.Key, "client-key-file", "", "client API TLS key")
@@ -56,6 +57,7 @@ func run() int {
 	cfg.ElectionTimeout = time.Duration(*et) * time.Millisecond
 	cfg.RequestTimeout = time.Duration(*rt) * time.Millisecond
 	cfg.SnapshotEntries = *snapEntries
+	cfg.MaxClockSkew = time.Duration(*skew) * time.Millisecond
 	if *clusterID != "" {
 		id, err := strconv.ParseUint(*clusterID, 16, 64)
 		if err != nil {

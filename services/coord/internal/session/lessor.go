@@ -1,13 +1,21 @@
-// Package session is the leader's clock for berth-coord sessions. Keepalives are not Raft
-// entries: the leader alone keeps every session's expiry deadline in memory, renews it on
-// each keepalive, and proposes an expiry entry when a deadline passes. So that a failover
-// neither expires healthy clients nor keeps a dead client's session alive forever (etcd
-// issue #9888), the leader also proposes periodic TTL checkpoints: each session's remaining
-// time and whether it was kept alive since the previous checkpoint. A new leader gives a
-// session that was being kept alive its full TTL, and any other session only what its last
-// checkpoint left it, less the election timeout that passed at least before this leader
-// could be elected; it then checkpoints at once. Each failover therefore consumes a silent
-// session's remaining time instead of refilling it.
+// Package session is the leader's clock for berth-coord sessions. Keepalives are not
+// acknowledged from memory alone: every renewal is recorded in the replicated state as the
+// session's absolute deadline (the leader's wall clock at the renewal plus the TTL), and the
+// keepalive is answered only once that record is committed. The leader keeps every
+// session's deadline in memory (on the monotonic clock) and proposes an expiry entry when
+// it passes.
+//
+// A new leader therefore knows, for every session, the deadline of the last renewal any
+// leader acknowledged, and gives the session exactly that (plus Options.ClockSkew, for the
+// members' clocks disagreeing), never more than a TTL from now. A failover neither
+// expires a healthy client (the client itself counts its TTL from before the renewal it was
+// answered, so the store never expires it earlier than the client gives up) nor keeps a
+// dead client's session alive: no number of failovers moves the deadline (etcd issue #9888).
+//
+// Clock assumption: the members' wall clocks agree within ClockSkew. A new leader whose
+// clock runs ahead of its predecessor's by more expires sessions that much early; one that
+// runs behind expires them that much late. Deadlines on one leader are measured on the
+// monotonic clock and are not affected by steps of the wall clock.
 package session
 
 import (
@@ -17,25 +25,19 @@ import (
 	"time"
 )
 
-// ErrNotLeader is returned by KeepAlive on a member that is not the leader.
+// ErrNotLeader is returned by Renew on a member that is not the leader.
 var ErrNotLeader = errors.New("coord: not leader")
 
-// ErrUnknown is returned by KeepAlive for a session that does not exist (never opened,
-// closed or expired).
+// ErrUnknown is returned by Renew for a session that does not exist (never opened,
+// closed or expired), or whose deadline has passed (its expiry is being proposed).
 var ErrUnknown = errors.New("coord: session not found")
-
-// ErrNoQuorum is returned by KeepAlive on a leader that has not confirmed, within its
-// lease window, that a quorum still follows it (Confirm). A leader cut off from the
-// majority must stop renewing sessions before the majority can elect a successor, or a
-// client on its side would believe in a session that the successor expires.
-var ErrNoQuorum = errors.New("coord: leader cannot confirm a quorum")
 
 // Clock tells the time; tests use a fake.
 type Clock interface {
 	Now() time.Time
 }
 
-// SystemClock is the wall clock (monotonic readings).
+// SystemClock is the system clock (wall and monotonic readings).
 type SystemClock struct{}
 
 // Now returns time.Now().
@@ -47,64 +49,44 @@ type State struct {
 	ID int64
 	// TTL is its time to live.
 	TTL time.Duration
-	// Remaining is its remaining time at the last checkpoint (TTL at open).
-	Remaining time.Duration
-	// Renewed tells whether the last checkpoint saw a keepalive (true at open).
-	Renewed bool
+	// Deadline is its replicated deadline on the wall clock: the open, or the last renewal
+	// any leader acknowledged, plus the TTL. Zero when the state records none (a session
+	// opened or checkpointed by a version of berth-coord that recorded remaining times).
+	Deadline time.Time
 }
 
-// Checkpoint is one session's entry in a TTL checkpoint.
+// Checkpoint records a session's deadline in the replicated state.
 type Checkpoint struct {
 	// ID is the session id.
 	ID int64
-	// Remaining is the time it has left.
-	Remaining time.Duration
-	// Renewed tells whether it was kept alive since its previous checkpoint.
-	Renewed bool
+	// Deadline is the absolute deadline on the proposing leader's wall clock.
+	Deadline time.Time
 }
 
 type lease struct {
-	ttl      time.Duration
-	deadline time.Time // zero while not leader
-	lastKA   time.Time // the last keepalive (or the open) this leader saw; zero if none
-	lastCP   time.Time
-	expiring time.Time // when an expiry was last proposed; zero if none pending
-	// replRenewed is what the replicated state says of the session (its last checkpoint).
-	// A keepalive to a session recorded as not renewed makes its checkpoint urgent: without
-	// that a healthy client whose keepalives all reach short-lived leaders would look dead.
-	replRenewed bool
-	urgent      bool
-}
-
-// keptAlive reports whether the session had a keepalive within the last TTL/2; a client
-// that keeps it alive every TTL/3 always has.
-func (ls *lease) keptAlive(now time.Time) bool {
-	return !ls.lastKA.IsZero() && now.Sub(ls.lastKA) < ls.ttl/2
+	ttl time.Duration
+	// deadline is when this leader expires the session (monotonic); zero while not leader.
+	deadline time.Time
+	// expiring is when an expiry was last proposed; zero if none is pending.
+	expiring time.Time
+	// renewing counts renewals whose record is being committed: the session is not expired
+	// meanwhile.
+	renewing int
+	// record is set when the replicated state has no deadline for the session: the leader
+	// proposes one (CheckpointsDue).
+	record bool
 }
 
 // Options configure a Lessor.
 type Options struct {
 	// Clock defaults to SystemClock.
 	Clock Clock
-	// ElectionTimeout is the shortest time between a leader's last contact and the election
-	// of its successor; a new leader charges it to every silent session.
-	ElectionTimeout time.Duration
-	// CheckpointFraction sets the checkpoint period of a session that is being kept alive to
-	// TTL/CheckpointFraction (default 2).
-	CheckpointFraction int
-	// SilentCheckpoint is the checkpoint period of a session that is not being kept alive
-	// (default ElectionTimeout/2, at least 100 ms). It is shorter than any leader's term of
-	// office can be (an election takes at least ElectionTimeout), so every failover consumes
-	// at least ElectionTimeout/2 of a dead client's remaining time.
-	SilentCheckpoint time.Duration
+	// ClockSkew is how far the members' wall clocks may disagree (default 100ms): a new
+	// leader gives a session its replicated deadline plus ClockSkew.
+	ClockSkew time.Duration
 	// RetryExpiry is how long an expiry proposal may stay unapplied before it is proposed
 	// again (default 5 s).
 	RetryExpiry time.Duration
-	// LeaseWindow is how long after the start of a round trip that confirmed a quorum
-	// (Confirm) the leader keeps acknowledging keepalives. It must be shorter than the
-	// earliest time the majority can elect another leader after hearing from this one
-	// (the election timeout less one tick). 0 turns the check off.
-	LeaseWindow time.Duration
 }
 
 // Lessor tracks sessions. Every member has one and keeps the set of sessions in step with
@@ -118,8 +100,6 @@ type Lessor struct {
 	leader bool
 	term   uint64
 	leases map[int64]*lease
-	// confirmed is the start of the latest round trip that confirmed this leader's quorum.
-	confirmed time.Time
 }
 
 // New returns a follower lessor with no sessions.
@@ -127,11 +107,8 @@ func New(opts Options) *Lessor {
 	if opts.Clock == nil {
 		opts.Clock = SystemClock{}
 	}
-	if opts.CheckpointFraction <= 0 {
-		opts.CheckpointFraction = 2
-	}
-	if opts.SilentCheckpoint <= 0 {
-		opts.SilentCheckpoint = max(opts.ElectionTimeout/2, 100*time.Millisecond)
+	if opts.ClockSkew <= 0 {
+		opts.ClockSkew = 100 * time.Millisecond
 	}
 	if opts.RetryExpiry <= 0 {
 		opts.RetryExpiry = 5 * time.Second
@@ -139,28 +116,53 @@ func New(opts Options) *Lessor {
 	return &Lessor{opts: opts, leases: map[int64]*lease{}}
 }
 
-// Promote makes the lessor the leader's for term, from the replicated session table. It
-// returns the checkpoint to propose at once, which records the deadlines it granted as not
-// renewed, so that another failover before any keepalive reaches this leader cannot grant
-// the full TTL again.
+// grantLocked sets a leader's deadline for a session whose replicated deadline is d (zero:
+// none) and reports whether a deadline must be recorded for it. Only the last renewal
+// counts, whichever leader acknowledged it: the session gets d plus the clock skew, at most
+// a TTL from now, and a session already past that is expired at once. A session without a
+// recorded deadline gets a TTL from now, which is then recorded, so that another failover
+// cannot grant it again.
+func (l *Lessor) grantLocked(ls *lease, now, d time.Time) {
+	if d.IsZero() {
+		ls.deadline, ls.record = now.Add(ls.ttl), true
+		return
+	}
+	// now.Add keeps now's monotonic reading; d.Sub(now) compares wall clocks.
+	ls.deadline = now.Add(min(ls.ttl, d.Sub(now)+l.opts.ClockSkew))
+}
+
+// Promote makes the lessor the leader's for term, from the replicated session table (which
+// must hold every entry committed before the term). It returns the checkpoints to propose
+// at once: deadlines for the sessions that have none recorded.
 func (l *Lessor) Promote(term uint64, sessions []State) []Checkpoint {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	now := l.opts.Clock.Now()
 	l.leader, l.term = true, term
 	l.leases = make(map[int64]*lease, len(sessions))
-	cps := make([]Checkpoint, 0, len(sessions))
 	for _, s := range sessions {
-		grant := s.TTL
-		if !s.Renewed {
-			grant = max(0, min(s.Remaining, s.TTL)-l.opts.ElectionTimeout)
+		ls := &lease{ttl: s.TTL}
+		l.grantLocked(ls, now, s.Deadline)
+		l.leases[s.ID] = ls
+	}
+	return l.dueLocked(now)
+}
+
+// dueLocked returns the deadlines to record, sorted by session, and clears their marks.
+func (l *Lessor) dueLocked(now time.Time) []Checkpoint {
+	var cps []Checkpoint
+	for id, ls := range l.leases {
+		if ls.record && ls.expiring.IsZero() {
+			ls.record = false
+			cps = append(cps, Checkpoint{ID: id, Deadline: wall(now.Add(ls.deadline.Sub(now)))})
 		}
-		l.leases[s.ID] = &lease{ttl: s.TTL, deadline: now.Add(grant), lastCP: now}
-		cps = append(cps, Checkpoint{ID: s.ID, Remaining: grant})
 	}
 	slices.SortFunc(cps, func(a, b Checkpoint) int { return cmp64(a.ID, b.ID) })
 	return cps
 }
+
+// wall strips the monotonic reading: a deadline to record is a wall-clock time.
+func wall(t time.Time) time.Time { return t.Round(0) }
 
 func cmp64(a, b int64) int {
 	switch {
@@ -172,37 +174,13 @@ func cmp64(a, b int64) int {
 	return 0
 }
 
-// Confirm records that a quorum acknowledged this leader in a round trip that started at
-// at (a ReadIndex, whose heartbeats reach the followers after at). Later confirmations
-// only move the lease forward.
-func (l *Lessor) Confirm(at time.Time) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	if at.After(l.confirmed) {
-		l.confirmed = at
-	}
-}
-
-// LeaseValid reports whether the leader's quorum was confirmed within the lease window
-// (always true when the window is 0, false on a follower).
-func (l *Lessor) LeaseValid() bool {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.leader && l.leaseValidLocked(l.opts.Clock.Now())
-}
-
-func (l *Lessor) leaseValidLocked(now time.Time) bool {
-	return l.opts.LeaseWindow <= 0 || now.Before(l.confirmed.Add(l.opts.LeaseWindow))
-}
-
-// Demote makes the lessor a follower's: deadlines and the quorum lease are forgotten.
+// Demote makes the lessor a follower's: deadlines are forgotten.
 func (l *Lessor) Demote() {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	l.leader = false
-	l.confirmed = time.Time{}
 	for _, ls := range l.leases {
-		ls.deadline, ls.expiring, ls.lastKA, ls.urgent = time.Time{}, time.Time{}, time.Time{}, false
+		ls.deadline, ls.expiring, ls.record = time.Time{}, time.Time{}, false
 	}
 }
 
@@ -213,16 +191,14 @@ func (l *Lessor) IsLeader() (bool, uint64) {
 	return l.leader, l.term
 }
 
-// SessionOpened tracks a new session; on the leader its deadline starts now.
-func (l *Lessor) SessionOpened(id, ttlMs int64) {
+// SessionOpened tracks a new session whose replicated deadline is deadline (zero: none).
+func (l *Lessor) SessionOpened(id int64, ttl time.Duration, deadline time.Time) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	ls := &lease{ttl: time.Duration(ttlMs) * time.Millisecond}
+	ls := &lease{ttl: ttl}
 	if l.leader {
-		now := l.opts.Clock.Now()
-		ls.deadline, ls.lastCP, ls.lastKA = now.Add(ls.ttl), now, now
+		l.grantLocked(ls, l.opts.Clock.Now(), deadline)
 	}
-	ls.replRenewed = true // the open entry records the session as renewed
 	l.leases[id] = ls
 }
 
@@ -245,45 +221,54 @@ func (l *Lessor) SessionsReset(sessions []State) {
 			next[s.ID] = old
 			continue
 		}
-		ls := &lease{ttl: s.TTL, replRenewed: s.Renewed}
+		ls := &lease{ttl: s.TTL}
 		if l.leader {
-			grant := s.TTL
-			if !s.Renewed {
-				grant = max(0, min(s.Remaining, s.TTL)-l.opts.ElectionTimeout)
-			}
-			ls.deadline, ls.lastCP, ls.replRenewed = now.Add(grant), now, false
+			l.grantLocked(ls, now, s.Deadline)
 		}
 		next[s.ID] = ls
 	}
 	l.leases = next
 }
 
-// KeepAlive renews a session to its full TTL and returns the TTL. It fails with
-// ErrNotLeader on a follower, ErrNoQuorum on a leader whose quorum lease has run out, and
-// ErrUnknown for a session that does not exist or whose deadline has passed (its expiry is
-// being proposed).
-func (l *Lessor) KeepAlive(id int64) (time.Duration, error) {
+// Renew starts the renewal of a session by a keepalive: it returns the term to record the
+// renewal in and the deadline to record (now on the wall clock plus the TTL), and the TTL.
+// The caller must record the deadline through the log and then call RenewDone, whatever
+// the outcome; the keepalive may be acknowledged only once the record is committed. Until
+// RenewDone the session is not expired. Renew fails with ErrNotLeader on a follower, and
+// ErrUnknown for a session that does not exist or whose deadline has passed.
+func (l *Lessor) Renew(id int64) (term uint64, deadline time.Time, ttl time.Duration, err error) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	if !l.leader {
-		return 0, ErrNotLeader
+		return 0, time.Time{}, 0, ErrNotLeader
 	}
 	now := l.opts.Clock.Now()
-	if !l.leaseValidLocked(now) {
-		return 0, ErrNoQuorum
+	ls := l.leases[id]
+	if ls == nil || !ls.expiring.IsZero() || !now.Before(ls.deadline) {
+		return 0, time.Time{}, 0, ErrUnknown
 	}
+	ls.renewing++
+	return l.term, wall(now.Add(ls.ttl)), ls.ttl, nil
+}
+
+// RenewDone ends a renewal that Renew started. With recorded (the deadline is committed in
+// the term Renew returned) the leader's deadline moves to it.
+func (l *Lessor) RenewDone(id int64, deadline time.Time, recorded bool) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
 	ls := l.leases[id]
 	if ls == nil {
-		return 0, ErrUnknown
+		return
 	}
-	if !ls.expiring.IsZero() || !now.Before(ls.deadline) {
-		return 0, ErrUnknown
+	if ls.renewing > 0 {
+		ls.renewing--
 	}
-	ls.deadline, ls.lastKA = now.Add(ls.ttl), now
-	if !ls.replRenewed {
-		ls.urgent = true
+	if recorded && l.leader {
+		now := l.opts.Clock.Now()
+		if d := now.Add(deadline.Sub(now)); d.After(ls.deadline) {
+			ls.deadline = d
+		}
 	}
-	return ls.ttl, nil
 }
 
 // Remaining returns the time a session has left on the leader, false when unknown.
@@ -297,9 +282,9 @@ func (l *Lessor) Remaining(id int64) (time.Duration, bool) {
 	return max(0, ls.deadline.Sub(l.opts.Clock.Now())), true
 }
 
-// Expired returns the sessions whose deadline has passed and whose expiry is not already
-// pending (or was proposed longer than RetryExpiry ago), with the term to propose in. It
-// marks them pending. Nothing on a follower.
+// Expired returns the sessions whose deadline has passed, with no renewal in flight, and
+// whose expiry is not already pending (or was proposed longer than RetryExpiry ago), with
+// the term to propose in. It marks them pending. Nothing on a follower.
 func (l *Lessor) Expired() (uint64, []int64) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
@@ -309,7 +294,7 @@ func (l *Lessor) Expired() (uint64, []int64) {
 	now := l.opts.Clock.Now()
 	var ids []int64
 	for id, ls := range l.leases {
-		if now.Before(ls.deadline) {
+		if now.Before(ls.deadline) || ls.renewing > 0 {
 			continue
 		}
 		if !ls.expiring.IsZero() && now.Sub(ls.expiring) < l.opts.RetryExpiry {
@@ -322,41 +307,19 @@ func (l *Lessor) Expired() (uint64, []int64) {
 	return l.term, ids
 }
 
-// CheckpointsDue returns the checkpoints that are due, with the term to propose in: every
-// TTL/CheckpointFraction for a session kept alive within the last TTL/2, every
-// SilentCheckpoint for any other, and at once for a session kept alive while the
-// replicated state records it as not renewed.
+// CheckpointsDue returns the deadlines to record for sessions that have none in the
+// replicated state (sessions opened by an older version while this member leads), with the
+// term to propose in. Each is returned once.
 func (l *Lessor) CheckpointsDue() (uint64, []Checkpoint) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	if !l.leader {
 		return 0, nil
 	}
-	now := l.opts.Clock.Now()
-	var cps []Checkpoint
-	for id, ls := range l.leases {
-		if !ls.expiring.IsZero() {
-			continue
-		}
-		renewed := ls.keptAlive(now)
-		if !ls.urgent && now.Sub(ls.lastCP) < l.period(ls, renewed) {
-			continue
-		}
-		cps = append(cps, Checkpoint{ID: id, Remaining: max(0, ls.deadline.Sub(now)), Renewed: renewed})
-		ls.lastCP, ls.replRenewed, ls.urgent = now, renewed, false
-	}
-	slices.SortFunc(cps, func(a, b Checkpoint) int { return cmp64(a.ID, b.ID) })
-	return l.term, cps
+	return l.term, l.dueLocked(l.opts.Clock.Now())
 }
 
-func (l *Lessor) period(ls *lease, renewed bool) time.Duration {
-	if renewed {
-		return ls.ttl / time.Duration(l.opts.CheckpointFraction)
-	}
-	return l.opts.SilentCheckpoint
-}
-
-// NextWake returns how long until the next deadline or checkpoint is due (at most max).
+// NextWake returns how long until the next deadline is due (at most maxWait).
 func (l *Lessor) NextWake(maxWait time.Duration) time.Duration {
 	l.mu.Lock()
 	defer l.mu.Unlock()
@@ -366,13 +329,12 @@ func (l *Lessor) NextWake(maxWait time.Duration) time.Duration {
 	now := l.opts.Clock.Now()
 	wait := maxWait
 	for _, ls := range l.leases {
-		if ls.urgent {
+		switch {
+		case ls.record:
 			return 0
-		}
-		if ls.expiring.IsZero() {
+		case ls.expiring.IsZero():
 			wait = min(wait, ls.deadline.Sub(now))
-			wait = min(wait, ls.lastCP.Add(l.period(ls, ls.keptAlive(now))).Sub(now))
-		} else {
+		default:
 			wait = min(wait, ls.expiring.Add(l.opts.RetryExpiry).Sub(now))
 		}
 	}

@@ -2,6 +2,7 @@ package session
 
 import (
 	"errors"
+	"fmt"
 	"testing"
 	"time"
 
@@ -15,25 +16,58 @@ type fakeClock struct{ t time.Time }
 func (c *fakeClock) Now() time.Time          { return c.t }
 func (c *fakeClock) advance(d time.Duration) { c.t = c.t.Add(d) }
 func newClock() *fakeClock                   { return &fakeClock{t: time.Unix(1000, 0)} }
-func opts(c Clock, et time.Duration) Options { return Options{Clock: c, ElectionTimeout: et} }
 
-func TestKeepAliveAndExpiry(t *testing.T) {
+const skew = 100 * time.Millisecond
+
+func newLessor(c Clock) *Lessor { return New(Options{Clock: c, ClockSkew: skew}) }
+
+// renew renews a session the way the server does, with the record committed or not.
+func renew(t *testing.T, l *Lessor, id int64, committed bool) error {
+	t.Helper()
+	_, d, _, err := l.Renew(id)
+	if err != nil {
+		return err
+	}
+	l.RenewDone(id, d, committed)
+	return nil
+}
+
+func TestRenewAndExpiry(t *testing.T) {
 	c := newClock()
-	l := New(opts(c, time.Second))
-	if _, err := l.KeepAlive(1); !errors.Is(err, ErrNotLeader) {
-		t.Fatalf("keepalive on follower: got %v, want ErrNotLeader", err)
+	l := newLessor(c)
+	if _, _, _, err := l.Renew(1); !errors.Is(err, ErrNotLeader) {
+		t.Fatalf("renew on follower: got %v, want ErrNotLeader", err)
 	}
 	l.Promote(1, nil)
-	l.SessionOpened(1, 3000)
+	l.SessionOpened(1, 3*time.Second, c.t.Add(3*time.Second))
 	c.advance(2 * time.Second)
-	if ttl, err := l.KeepAlive(1); err != nil || ttl != 3*time.Second {
-		t.Fatalf("keepalive: got %v %v, want 3s nil", ttl, err)
+	term, d, ttl, err := l.Renew(1)
+	if err != nil || term != 1 || ttl != 3*time.Second || !d.Equal(c.t.Add(3*time.Second)) {
+		t.Fatalf("renew: got term %d deadline %v ttl %v err %v, want 1 %v 3s nil", term, d, ttl, err, c.t.Add(3*time.Second))
 	}
-	c.advance(2900 * time.Millisecond)
+	// While the record is being committed the session is not expired, even past its
+	// deadline.
+	c.advance(1500 * time.Millisecond)
+	if _, ids := l.Expired(); len(ids) != 0 {
+		t.Fatalf("expired with a renewal in flight: %v", ids)
+	}
+	l.RenewDone(1, d, true)
+	if got, _ := l.Remaining(1); got != 1500*time.Millisecond {
+		t.Errorf("remaining after a recorded renewal: got %v, want 1.5s", got)
+	}
+	// A renewal whose record did not commit does not count.
+	c.advance(time.Second)
+	if err := renew(t, l, 1, false); err != nil {
+		t.Fatal(err)
+	}
+	if got, _ := l.Remaining(1); got != 500*time.Millisecond {
+		t.Errorf("remaining after an unrecorded renewal: got %v, want 500ms", got)
+	}
+	c.advance(499 * time.Millisecond)
 	if _, ids := l.Expired(); len(ids) != 0 {
 		t.Fatalf("expired before deadline: %v", ids)
 	}
-	c.advance(200 * time.Millisecond)
+	c.advance(time.Millisecond)
 	term, ids := l.Expired()
 	if term != 1 || len(ids) != 1 || ids[0] != 1 {
 		t.Fatalf("got term %d ids %v, want 1 [1]", term, ids)
@@ -41,33 +75,86 @@ func TestKeepAliveAndExpiry(t *testing.T) {
 	if _, ids := l.Expired(); len(ids) != 0 {
 		t.Errorf("expiry proposed twice within RetryExpiry: %v", ids)
 	}
-	if _, err := l.KeepAlive(1); !errors.Is(err, ErrUnknown) {
-		t.Errorf("keepalive after deadline: got %v, want ErrUnknown", err)
+	if _, _, _, err := l.Renew(1); !errors.Is(err, ErrUnknown) {
+		t.Errorf("renew after deadline: got %v, want ErrUnknown", err)
 	}
 	c.advance(6 * time.Second)
 	if _, ids := l.Expired(); len(ids) != 1 {
 		t.Errorf("unapplied expiry not re-proposed after RetryExpiry: %v", ids)
 	}
 	l.SessionRemoved(1)
-	if _, err := l.KeepAlive(1); !errors.Is(err, ErrUnknown) {
-		t.Errorf("keepalive of removed session: got %v, want ErrUnknown", err)
+	if _, _, _, err := l.Renew(1); !errors.Is(err, ErrUnknown) {
+		t.Errorf("renew of removed session: got %v, want ErrUnknown", err)
 	}
 }
 
-// cluster simulates the replicated session table under a sequence of leaders.
+func TestPromoteGrants(t *testing.T) {
+	c := newClock()
+	now := c.t
+	const ttl = 10 * time.Second
+	tests := []struct {
+		name     string
+		deadline time.Time
+		want     time.Duration // remaining on the new leader
+		record   bool
+	}{
+		{"renewed just before the failover", now.Add(9 * time.Second), 9*time.Second + skew, false},
+		{"silent: what is left of its last renewal, no refill", now.Add(2 * time.Second), 2*time.Second + skew, false},
+		{"deadline passed within the clock skew", now.Add(-50 * time.Millisecond), 50 * time.Millisecond, false},
+		{"deadline passed during the election", now.Add(-time.Second), 0, false},
+		{"deadline beyond a TTL (a clock behind)", now.Add(time.Hour), ttl, false},
+		{"no deadline recorded (older version)", time.Time{}, ttl, true},
+	}
+	var states []State
+	for i, tt := range tests {
+		states = append(states, State{ID: int64(i + 1), TTL: ttl, Deadline: tt.deadline})
+	}
+	l := newLessor(c)
+	cps := l.Promote(4, states)
+	var want []Checkpoint
+	for i, tt := range tests {
+		id := int64(i + 1)
+		if got, _ := l.Remaining(id); got != tt.want {
+			t.Errorf("%s: remaining: got %v, want %v", tt.name, got, tt.want)
+		}
+		if tt.record {
+			want = append(want, Checkpoint{ID: id, Deadline: now.Add(ttl)})
+		}
+	}
+	if fmt.Sprint(cps) != fmt.Sprint(want) {
+		t.Errorf("checkpoints at promotion: got %v, want %v", cps, want)
+	}
+	if _, again := l.CheckpointsDue(); len(again) != 0 {
+		t.Errorf("checkpoints due after promotion: got %v, want none (returned once)", again)
+	}
+	if _, ids := l.Expired(); fmt.Sprint(ids) != "[4]" {
+		t.Errorf("expired at promotion: got %v, want [4]", ids)
+	}
+}
+
+// cluster simulates the replicated session table under a sequence of leaders. Renewal
+// records take commit to commit; a leader that fails before then loses them.
 type cluster struct {
-	t      *testing.T
 	clock  *fakeClock
-	et     time.Duration
 	state  map[int64]State
 	leader *Lessor
 	term   uint64
+	commit time.Duration
+	// inflight are renewals proposed by the leader, not committed yet.
+	inflight []pendingRenewal
 }
 
-func (c *cluster) applyCheckpoints(cps []Checkpoint) {
+type pendingRenewal struct {
+	id       int64
+	deadline time.Time
+	at       time.Time // commit time
+	onCommit func()
+}
+
+func (c *cluster) record(cps []Checkpoint) {
 	for _, cp := range cps {
-		if s, ok := c.state[cp.ID]; ok {
-			s.Remaining, s.Renewed = cp.Remaining, cp.Renewed
+		if s, ok := c.state[cp.ID]; ok && cp.Deadline.After(s.Deadline) {
+			s.Deadline = cp.Deadline
 			c.state[cp.ID] = s
 		}
 	}
@@ -75,21 +162,38 @@ func (c *cluster) applyCheckpoints(cps []Checkpoint) {
 
 func (c *cluster) elect() {
 	c.term++
-	c.leader = New(opts(c.clock, c.et))
+	c.leader = newLessor(c.clock)
 	var ss []State
 	for _, s := range c.state {
 		ss = append(ss, s)
 	}
-	c.applyCheckpoints(c.leader.Promote(c.term, ss))
+	c.record(c.leader.Promote(c.term, ss))
 }
 
-// step runs the leader's duties; it returns the sessions expired.
+func (c *cluster) fail() {
+	c.leader.Demote()
+	c.leader = nil
+	c.inflight = nil // lost with the leader
+}
+
+// step commits what is due and runs the leader's duties; it returns the sessions expired.
 func (c *cluster) step() []int64 {
 	if c.leader == nil {
 		return nil
 	}
+	keep := c.inflight[:0]
+	for _, p := range c.inflight {
+		if c.clock.t.Before(p.at) {
+			keep = append(keep, p)
+			continue
+		}
+		c.record([]Checkpoint{{ID: p.id, Deadline: p.deadline}})
+		c.leader.RenewDone(p.id, p.deadline, true)
+		p.onCommit()
+	}
+	c.inflight = keep
 	_, cps := c.leader.CheckpointsDue()
-	c.applyCheckpoints(cps)
+	c.record(cps)
 	_, ids := c.leader.Expired()
 	for _, id := range ids {
 		delete(c.state, id)
@@ -98,148 +202,111 @@ func (c *cluster) step() []int64 {
 	return ids
 }
 
-// run simulates a session of ttl from its open until it expires or limit passes. The client
-// keeps it alive every ttl/3 until deadAt; the leader fails every failEvery (an election
-// then takes et, during which there is no leader). It returns how long after the client
-// died the session expired, or -1.
-func run(t *testing.T, ttl, et, failEvery, deadAt, limit time.Duration) time.Duration {
-	c := &cluster{t: t, clock: newClock(), et: et, state: map[int64]State{}}
+// scenario is a session of ttl whose client keeps it alive every ttl/3 (retrying every
+// 50 ms while no leader answers) until deadAt, under a leader that fails every failEvery
+// (0: never), after which an election takes gap.
+type scenario struct {
+	ttl, failEvery, gap, commit, deadAt, limit time.Duration
+}
+
+// run simulates the scenario. It returns how long after the client's last acknowledged
+// keepalive the session expired (-1: it never did), and whether the client itself saw its
+// TTL run out without an acknowledgement while it was alive (it would have given up). It
+// fails the test when the session expires while its client is alive and has not given up.
+func (sc scenario) run(t *testing.T) (expiredAfter time.Duration, clientGaveUp bool) {
+	c := &cluster{clock: newClock(), state: map[int64]State{}, commit: sc.commit}
 	start := c.clock.Now()
 	c.elect()
-	c.state[1] = State{ID: 1, TTL: ttl, Remaining: ttl, Renewed: true}
-	c.leader.SessionOpened(1, ttl.Milliseconds())
-	const tick = 50 * time.Millisecond
-	var lastKA, lastFail, electAt time.Duration
-	for now := time.Duration(0); now < limit; now += tick {
+	c.state[1] = State{ID: 1, TTL: sc.ttl, Deadline: start.Add(sc.ttl)}
+	c.leader.SessionOpened(1, sc.ttl, start.Add(sc.ttl))
+	const tick = 10 * time.Millisecond
+	var lastAck, nextKA, lastFail, electAt time.Duration
+	pending := false
+	for now := time.Duration(0); now < sc.limit; now += tick {
 		c.clock.t = start.Add(now)
 		if c.leader == nil && now >= electAt {
 			c.elect()
 		}
-		if c.leader != nil && failEvery > 0 && now-lastFail >= failEvery {
-			c.leader.Demote()
-			c.leader, lastFail, electAt = nil, now, now+et
+		if c.leader != nil && sc.failEvery > 0 && now-lastFail >= sc.failEvery {
+			c.fail()
+			pending = false
+			lastFail, electAt = now, now+sc.gap
 		}
-		if now < deadAt && now-lastKA >= ttl/3 && c.leader != nil {
-			if _, err := c.leader.KeepAlive(1); err == nil {
-				lastKA = now
+		if now < sc.deadAt && now-lastAck >= sc.ttl {
+			clientGaveUp = true
+		}
+		if now < sc.deadAt && now >= nextKA && !pending {
+			nextKA = now + 50*time.Millisecond // retry unless answered
+			if c.leader != nil {
+				if _, d, _, err := c.leader.Renew(1); err == nil {
+					pending = true
+					sent := now
+					c.inflight = append(c.inflight, pendingRenewal{id: 1, deadline: d, at: c.clock.t.Add(sc.commit), onCommit: func() {
+						pending = false
+						lastAck, nextKA = sent, sent+sc.ttl/3
+					}})
+				}
 			}
 		}
 		for _, id := range c.step() {
 			if id == 1 {
-				if now < deadAt {
-					t.Fatalf("healthy session expired at %v (client alive until %v)", now, deadAt)
+				if now < sc.deadAt && now-lastAck < sc.ttl {
+					t.Fatalf("%+v: session expired at %v, before its client gave up (client alive until %v, last acknowledged keepalive at %v)", sc, now, sc.deadAt, lastAck)
 				}
-				return now - deadAt
+				return now - lastAck, clientGaveUp
 			}
 		}
 	}
-	return -1
+	return -1, clientGaveUp
 }
 
 func TestRepeatedFailoversCannotKeepDeadSessionAlive(t *testing.T) {
-	ttl, et := 10*time.Second, time.Second
-	tests := []struct {
-		name      string
-		failEvery time.Duration
-	}{
-		{"no failover", 0},
-		{"failover every 2s", 2 * time.Second},
-		{"failover every 4s", 4 * time.Second},
-		{"failover every 7s", 7 * time.Second},
+	const ttl = 2 * time.Second
+	for _, gap := range []time.Duration{300 * time.Millisecond, 650 * time.Millisecond, 930 * time.Millisecond} {
+		for _, every := range []time.Duration{0, 500 * time.Millisecond, time.Second, 1300 * time.Millisecond} {
+			for _, deadAt := range []time.Duration{10 * time.Second, 10*time.Second + 333*time.Millisecond, 10*time.Second + 777*time.Millisecond} {
+				sc := scenario{ttl: ttl, failEvery: every, gap: gap, commit: 20 * time.Millisecond, deadAt: deadAt, limit: time.Minute}
+				if every > 0 && every <= gap {
+					continue // never a leader
+				}
+				t.Run(fmt.Sprintf("gap %v failover every %v dead at %v", gap, every, deadAt), func(t *testing.T) {
+					got, _ := sc.run(t)
+					if got < 0 {
+						t.Fatal("dead session never expired")
+					}
+					// Expiry needs a leader: at worst the deadline falls at the start of an
+					// election.
+					if bound := ttl + skew + gap + 20*time.Millisecond; got > bound {
+						t.Errorf("dead session expired %v after its last acknowledged keepalive, want at most TTL + clock skew + election = %v", got, bound)
+					}
+					if got < ttl {
+						t.Errorf("session expired %v after its last acknowledged keepalive, want at least its TTL %v", got, ttl)
+					}
+				})
+			}
+		}
 	}
-	for _, tt := range tests {
-		t.Run(tt.name, func(t *testing.T) {
-			// The client dies at 30 s; with a full-TTL grant on every promotion (etcd #9888)
-			// the session would never expire while failovers come faster than the TTL.
-			got := run(t, ttl, et, tt.failEvery, 30*time.Second, 10*time.Minute)
-			if got < 0 {
-				t.Fatalf("dead session never expired under failovers every %v", tt.failEvery)
-			}
-			if bound := 2*ttl + 2*et; got > bound {
-				t.Errorf("dead session expired %v after the client died, want at most %v", got, bound)
-			}
-			if got < ttl-ttl/3-et {
-				t.Errorf("session expired %v after the client died, want at least TTL - TTL/3 (its last keepalive) - election (%v)", got, ttl-ttl/3-et)
+}
+
+func TestFailoversDoNotExpireHealthySession(t *testing.T) {
+	for _, sc := range []scenario{
+		// The cadences of test/linearizability: a failover every TTL/2, and one every
+		// 0.5–0.7 s with a short election (a renewal on a brand-new leader is often lost
+		// with it).
+		{ttl: 2 * time.Second, failEvery: time.Second, gap: 650 * time.Millisecond},
+		{ttl: 2 * time.Second, failEvery: time.Second, gap: 930 * time.Millisecond},
+		{ttl: 2 * time.Second, failEvery: 550 * time.Millisecond, gap: 400 * time.Millisecond},
+		{ttl: 2 * time.Second, failEvery: 650 * time.Millisecond, gap: 300 * time.Millisecond},
+		{ttl: 3 * time.Second, failEvery: 1500 * time.Millisecond, gap: time.Second},
+		{ttl: 10 * time.Second, failEvery: 5 * time.Second, gap: 2 * time.Second},
+		{ttl: time.Minute, failEvery: 5 * time.Second, gap: 2 * time.Second},
+	} {
+		sc.commit, sc.deadAt, sc.limit = 10*time.Millisecond, 5*time.Minute, 5*time.Minute
+		t.Run(fmt.Sprintf("ttl %v failover every %v gap %v", sc.ttl, sc.failEvery, sc.gap), func(t *testing.T) {
+			// run fails the test if the session expires before the client gives up.
+			if got, gaveUp := sc.run(t); got >= 0 || gaveUp {
+				t.Errorf("the client went a TTL without an answer (session expired %v after its last answer)", got)
 			}
 		})
-	}
-}
-
-func TestFailoverDoesNotExpireHealthySession(t *testing.T) {
-	for _, ttl := range []time.Duration{3 * time.Second, 10 * time.Second, 60 * time.Second} {
-		for _, every := range []time.Duration{1500 * time.Millisecond, 5 * time.Second} {
-			// run fails the test if the session expires while the client is alive.
-			run(t, ttl, time.Second, every, 5*time.Minute, 5*time.Minute)
-		}
-	}
-}
-
-func TestPromoteGrants(t *testing.T) {
-	c := newClock()
-	l := New(opts(c, time.Second))
-	cps := l.Promote(4, []State{
-		{ID: 1, TTL: 10 * time.Second, Remaining: 2 * time.Second, Renewed: true},
-		{ID: 2, TTL: 10 * time.Second, Remaining: 4 * time.Second, Renewed: false},
-		{ID: 3, TTL: 10 * time.Second, Remaining: 500 * time.Millisecond, Renewed: false},
-	})
-	want := []Checkpoint{{ID: 1, Remaining: 10 * time.Second}, {ID: 2, Remaining: 3 * time.Second}, {ID: 3, Remaining: 0}}
-	if len(cps) != len(want) {
-		t.Fatalf("got %v, want %v", cps, want)
-	}
-	for i := range want {
-		if cps[i] != want[i] {
-			t.Errorf("checkpoint %d: got %+v, want %+v", i, cps[i], want[i])
-		}
-	}
-	for id, want := range map[int64]time.Duration{1: 10 * time.Second, 2: 3 * time.Second, 3: 0} {
-		if got, _ := l.Remaining(id); got != want {
-			t.Errorf("session %d remaining: got %v, want %v", id, got, want)
-		}
-	}
-}
-
-func TestKeepAliveNeedsQuorumLease(t *testing.T) {
-	c := newClock()
-	l := New(Options{Clock: c, ElectionTimeout: time.Second, LeaseWindow: 800 * time.Millisecond})
-	l.Promote(1, nil)
-	l.SessionOpened(7, 3000)
-	if _, err := l.KeepAlive(7); !errors.Is(err, ErrNoQuorum) {
-		t.Fatalf("keepalive before any quorum confirmation: got %v, want ErrNoQuorum", err)
-	}
-	l.Confirm(c.t)
-	tests := []struct {
-		name    string
-		advance time.Duration
-		confirm bool // confirm a round trip that started before advancing
-		want    error
-	}{
-		{"fresh lease", 100 * time.Millisecond, false, nil},
-		{"still within the window", 699 * time.Millisecond, false, nil},
-		{"window passed", 1 * time.Millisecond, false, ErrNoQuorum},
-		{"renewed by a new round trip", 100 * time.Millisecond, true, nil},
-	}
-	for _, tt := range tests {
-		start := c.t
-		c.advance(tt.advance)
-		if tt.confirm {
-			l.Confirm(start)
-		}
-		_, err := l.KeepAlive(7)
-		if !errors.Is(err, tt.want) {
-			t.Errorf("%s: got %v, want %v", tt.name, err, tt.want)
-		}
-		if got, want := l.LeaseValid(), tt.want == nil; got != want {
-			t.Errorf("%s: LeaseValid got %v, want %v", tt.name, got, want)
-		}
-	}
-	// An older confirmation does not move the lease back; demotion forgets it.
-	l.Confirm(c.t.Add(-time.Hour))
-	if !l.LeaseValid() {
-		t.Error("an older confirmation shortened the lease")
-	}
-	l.Demote()
-	l.Promote(2, nil)
-	if l.LeaseValid() {
-		t.Error("lease survived a demotion")
 	}
 }

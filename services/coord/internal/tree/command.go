@@ -13,17 +13,23 @@ import (
 type cmdType byte
 
 const (
-	cmdPut            cmdType = 1
-	cmdDelete         cmdType = 2
-	cmdTxn            cmdType = 3
-	cmdSessionOpen    cmdType = 4
-	cmdSessionClose   cmdType = 5
-	cmdSessionExpire  cmdType = 6
-	cmdTTLCheckpoint  cmdType = 7
-	cmdMemberAttrs    cmdType = 8
-	cmdMemberAdd      cmdType = 9
-	cmdMemberRemove   cmdType = 10
-	maxRequestIDBytes         = 256
+	cmdPut           cmdType = 1
+	cmdDelete        cmdType = 2
+	cmdTxn           cmdType = 3
+	cmdSessionOpen   cmdType = 4
+	cmdSessionClose  cmdType = 5
+	cmdSessionExpire cmdType = 6
+	cmdTTLCheckpoint cmdType = 7
+	cmdMemberAttrs   cmdType = 8
+	cmdMemberAdd     cmdType = 9
+	cmdMemberRemove  cmdType = 10
+	// cmdSessionOpenAt is a session open that carries the proposer's clock: [unix ms]
+	// [SessionOpenRequest]. It replaces cmdSessionOpen, which is still applied.
+	cmdSessionOpenAt cmdType = 11
+	// cmdDeadlineCheckpoint records sessions' absolute deadlines. It replaces
+	// cmdTTLCheckpoint (remaining times), which is still decoded and then ignored.
+	cmdDeadlineCheckpoint cmdType = 12
+	maxRequestIDBytes             = 256
 )
 
 // MaxRequestBytes bounds the encoded size of one write request: a 4 MiB value plus room
@@ -55,9 +61,22 @@ func EncodeDelete(r *coordv1.DeleteRequest) ([]byte, error) { return encodeMsg(c
 // EncodeTxn encodes a Txn request as a Raft entry.
 func EncodeTxn(r *coordv1.TxnRequest) ([]byte, error) { return encodeMsg(cmdTxn, r) }
 
-// EncodeSessionOpen encodes a SessionOpen request as a Raft entry.
-func EncodeSessionOpen(r *coordv1.SessionOpenRequest) ([]byte, error) {
-	return encodeMsg(cmdSessionOpen, r)
+// EncodeSessionOpen encodes a SessionOpen request as a Raft entry; nowMs is the
+// proposer's wall clock (unix ms). The session's first deadline is nowMs plus its TTL: no
+// later than the client can count on, since the client counts from before its request.
+func EncodeSessionOpen(r *coordv1.SessionOpenRequest, nowMs int64) ([]byte, error) {
+	size := marshalOpts.Size(r)
+	if size > MaxRequestBytes {
+		return nil, newError(ErrValueTooLarge, "request is %d bytes encoded, over the %d-byte limit", size, MaxRequestBytes)
+	}
+	b := make([]byte, 1, 1+binary.MaxVarintLen64+size)
+	b[0] = byte(cmdSessionOpenAt)
+	b = binary.AppendVarint(b, nowMs)
+	b, err := marshalOpts.MarshalAppend(b, r)
+	if err != nil {
+		return nil, fmt.Errorf("encode session open: %w", err)
+	}
+	return b, nil
 }
 
 // EncodeSessionClose encodes a SessionClose request as a Raft entry.
@@ -78,30 +97,26 @@ func EncodeSessionExpire(term uint64, ids []int64) []byte {
 	return b
 }
 
-// Checkpoint is the leader's record of one session's remaining time to live.
+// Checkpoint records one session's deadline.
 type Checkpoint struct {
 	// ID is the session.
 	ID int64
-	// RemainingMs is the time the session had left when the leader wrote the checkpoint.
-	RemainingMs int64
-	// Renewed is true when the session was kept alive since the previous checkpoint.
-	Renewed bool
+	// DeadlineMs is the session's deadline (unix ms on the leader's clock): when the leader
+	// renewed it, plus its TTL.
+	DeadlineMs int64
 }
 
-// EncodeTTLCheckpoint encodes a TTL checkpoint decided by the leader of term. Like expiry,
-// it is ignored when committed in another term.
-func EncodeTTLCheckpoint(term uint64, cps []Checkpoint) []byte {
-	b := []byte{byte(cmdTTLCheckpoint)}
+// EncodeDeadlineCheckpoint encodes the deadlines of sessions renewed by the leader of term.
+// Like expiry, it is ignored when committed in another term; a deadline never moves a
+// session's recorded deadline back.
+func EncodeDeadlineCheckpoint(term uint64, cps []Checkpoint) []byte {
+	b := make([]byte, 1, 2+binary.MaxVarintLen64+len(cps)*2*binary.MaxVarintLen64)
+	b[0] = byte(cmdDeadlineCheckpoint)
 	b = binary.AppendUvarint(b, term)
 	b = binary.AppendUvarint(b, uint64(len(cps)))
 	for _, c := range cps {
 		b = binary.AppendVarint(b, c.ID)
-		b = binary.AppendVarint(b, c.RemainingMs)
-		r := byte(0)
-		if c.Renewed {
-			r = 1
-		}
-		b = append(b, r)
+		b = binary.AppendVarint(b, c.DeadlineMs)
 	}
 	return b
 }

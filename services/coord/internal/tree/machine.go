@@ -40,8 +40,9 @@ type Publisher interface {
 // in-memory expiry clock (internal/session) tracks the replicated session table. Calls are
 // made with the machine's lock held: they must be quick and must not call back.
 type SessionObserver interface {
-	// SessionOpened reports a new session.
-	SessionOpened(id, ttlMs int64)
+	// SessionOpened reports a new session and its deadline (unix ms on the proposing
+	// member's clock; 0 when the open entry carries none).
+	SessionOpened(id, ttlMs, deadlineMs int64)
 	// SessionRemoved reports a session closed or expired.
 	SessionRemoved(id int64)
 	// SessionsReset reports that a snapshot replaced the whole session table.
@@ -54,10 +55,9 @@ type SessionInfo struct {
 	ID int64
 	// TTLMs is its time to live.
 	TTLMs int64
-	// RemainingMs is its remaining time to live at the last checkpoint (TTLMs at open).
-	RemainingMs int64
-	// Renewed tells whether the last checkpoint saw a keepalive (true at open).
-	Renewed bool
+	// DeadlineMs is its deadline (unix ms): the open, or the last renewal a leader
+	// recorded, plus the TTL. 0 when none is recorded (state written by an older version).
+	DeadlineMs int64
 	// Nodes is the number of ephemeral nodes it owns.
 	Nodes int
 }
@@ -76,11 +76,10 @@ type Options struct {
 }
 
 type session struct {
-	id          int64
-	ttlMs       int64
-	remainingMs int64
-	renewed     bool
-	nodes       map[string]struct{}
+	id         int64
+	ttlMs      int64
+	deadlineMs int64
+	nodes      map[string]struct{}
 }
 
 // Machine is the state machine. Construct it with New.
@@ -174,7 +173,22 @@ func (m *Machine) Apply(e raftstore.Entry) any {
 		if err := proto.Unmarshal(body, req); err != nil {
 			return newError(ErrCorrupt, "decode session open: %v", err)
 		}
-		return m.deduped(req.RequestId, e.Data, func() any { return m.applySessionOpen(req) })
+		return m.deduped(req.RequestId, e.Data, func() any { return m.applySessionOpen(req, 0) })
+	case cmdSessionOpenAt:
+		d := decoder{b: body}
+		at := d.varint()
+		if d.err != nil {
+			return newError(ErrCorrupt, "decode session open: %v", d.err)
+		}
+		req := &coordv1.SessionOpenRequest{}
+		if err := proto.Unmarshal(d.b, req); err != nil {
+			return newError(ErrCorrupt, "decode session open: %v", err)
+		}
+		// A retry of the open is proposed with another clock reading: the request id table
+		// compares the request alone, as the older encoding was.
+		key := make([]byte, 0, 1+len(d.b))
+		key = append(append(key, byte(cmdSessionOpen)), d.b...)
+		return m.deduped(req.RequestId, key, func() any { return m.applySessionOpen(req, at) })
 	case cmdSessionClose:
 		req := &coordv1.SessionCloseRequest{}
 		if err := proto.Unmarshal(body, req); err != nil {
@@ -184,6 +198,8 @@ func (m *Machine) Apply(e raftstore.Entry) any {
 	case cmdSessionExpire:
 		return m.applyExpire(e.Term, body)
 	case cmdTTLCheckpoint:
+		return m.applyLegacyCheckpoint(e.Term, body)
+	case cmdDeadlineCheckpoint:
 		return m.applyCheckpoint(e.Term, body)
 	case cmdMemberAdd, cmdMemberRemove:
 		var req interface {
@@ -599,15 +615,20 @@ func (m *Machine) applyTxn(req *coordv1.TxnRequest) any {
 	return &coordv1.TxnResponse{Header: &coordv1.ResponseHeader{Revision: rev}, Succeeded: ok, Results: results}
 }
 
-func (m *Machine) applySessionOpen(req *coordv1.SessionOpenRequest) any {
+// applySessionOpen opens a session; at is the proposer's clock (unix ms), 0 when the
+// entry carries none.
+func (m *Machine) applySessionOpen(req *coordv1.SessionOpenRequest, at int64) any {
 	if req.TtlMs < MinSessionTTLMs || req.TtlMs > MaxSessionTTLMs {
 		return newFieldError(ErrInvalidArgument, "ttl_ms", "session open: ttl %d ms is outside [%d, %d] ms", req.TtlMs, MinSessionTTLMs, MaxSessionTTLMs)
 	}
 	m.lastSession++
-	s := &session{id: m.lastSession, ttlMs: req.TtlMs, remainingMs: req.TtlMs, renewed: true, nodes: map[string]struct{}{}}
+	s := &session{id: m.lastSession, ttlMs: req.TtlMs, nodes: map[string]struct{}{}}
+	if at > 0 {
+		s.deadlineMs = at + req.TtlMs
+	}
 	m.sessions[s.id] = s
 	if m.obs != nil {
-		m.obs.SessionOpened(s.id, s.ttlMs)
+		m.obs.SessionOpened(s.id, s.ttlMs, s.deadlineMs)
 	}
 	return &coordv1.SessionOpenResponse{Header: &coordv1.ResponseHeader{Revision: m.rev}, SessionId: s.id, TtlMs: s.ttlMs}
 }
@@ -691,22 +712,42 @@ func (m *Machine) applyExpire(term uint64, body []byte) any {
 func (m *Machine) applyCheckpoint(term uint64, body []byte) any {
 	d := decoder{b: body}
 	want := d.uvarint()
-	n := d.count(3)
+	n := d.count(2)
 	cps := make([]Checkpoint, 0, n)
 	for range n {
-		cps = append(cps, Checkpoint{ID: d.varint(), RemainingMs: d.varint(), Renewed: d.byte1() == 1})
+		cps = append(cps, Checkpoint{ID: d.varint(), DeadlineMs: d.varint()})
+	}
+	if d.err != nil {
+		return newError(ErrCorrupt, "decode deadline checkpoint: %v", d.err)
+	}
+	if want != term {
+		return newError(ErrStaleTerm, "deadline checkpoint decided in term %d, committed in term %d: ignored", want, term)
+	}
+	for _, c := range cps {
+		if s := m.sessions[c.ID]; s != nil && c.DeadlineMs > s.deadlineMs {
+			s.deadlineMs = c.DeadlineMs
+		}
+	}
+	return nil
+}
+
+// applyLegacyCheckpoint decodes a checkpoint of remaining times written by an older
+// version. Remaining times relative to an unknown moment say nothing about a deadline, so
+// it changes nothing: a session without a recorded deadline gets one from the next leader.
+func (m *Machine) applyLegacyCheckpoint(term uint64, body []byte) any {
+	d := decoder{b: body}
+	want := d.uvarint()
+	n := d.count(3)
+	for range n {
+		d.varint()
+		d.varint()
+		d.byte1()
 	}
 	if d.err != nil {
 		return newError(ErrCorrupt, "decode ttl checkpoint: %v", d.err)
 	}
 	if want != term {
 		return newError(ErrStaleTerm, "ttl checkpoint decided in term %d, committed in term %d: ignored", want, term)
-	}
-	for _, c := range cps {
-		if s := m.sessions[c.ID]; s != nil {
-			s.remainingMs = max(0, min(c.RemainingMs, s.ttlMs))
-			s.renewed = c.Renewed
-		}
 	}
 	return nil
 }
@@ -823,7 +864,7 @@ func (m *Machine) Sessions() []SessionInfo {
 func (m *Machine) sessionInfosLocked() []SessionInfo {
 	out := make([]SessionInfo, 0, len(m.sessions))
 	for _, s := range m.sessions {
-		out = append(out, SessionInfo{ID: s.id, TTLMs: s.ttlMs, RemainingMs: s.remainingMs, Renewed: s.renewed, Nodes: len(s.nodes)})
+		out = append(out, SessionInfo{ID: s.id, TTLMs: s.ttlMs, DeadlineMs: s.deadlineMs, Nodes: len(s.nodes)})
 	}
 	slices.SortFunc(out, func(a, b SessionInfo) int { return cmpInt(a.ID, b.ID) })
 	return out

@@ -2,6 +2,7 @@ package tree
 
 import (
 	"bytes"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"testing"
@@ -28,7 +29,7 @@ type recordingObserver struct {
 	opened, removed []int64
 }
 
-func (o *recordingObserver) SessionOpened(id, _ int64)     { o.opened = append(o.opened, id) }
+func (o *recordingObserver) SessionOpened(id, _, _ int64)  { o.opened = append(o.opened, id) }
 func (o *recordingObserver) SessionRemoved(id int64)       { o.removed = append(o.removed, id) }
 func (o *recordingObserver) SessionsReset(_ []SessionInfo) {}
 func (h *harness) Publish(rev int64, evs []*coordv1.Event) { h.events[rev] = evs }
@@ -68,7 +69,7 @@ func (h *harness) mustPut(path, value string) *coordv1.PutResponse {
 
 func (h *harness) openSession(ttlMs int64) int64 {
 	h.t.Helper()
-	res := h.apply(EncodeSessionOpen(&coordv1.SessionOpenRequest{TtlMs: ttlMs}))
+	res := h.apply(EncodeSessionOpen(&coordv1.SessionOpenRequest{TtlMs: ttlMs}, testNowMs))
 	r, ok := res.(*coordv1.SessionOpenResponse)
 	if !ok {
 		h.t.Fatalf("session open: got %v, want a response", res)
@@ -77,6 +78,24 @@ func (h *harness) openSession(ttlMs int64) int64 {
 }
 
 func ptr[T any](v T) *T { return &v }
+
+// testNowMs is the proposer's clock in the session opens of the tests.
+const testNowMs = 1_700_000_000_000
+
+// encodeLegacySessionOpen and encodeLegacyCheckpoint write the entries of versions that
+// recorded remaining times, which logs may still hold.
+func encodeLegacySessionOpen(r *coordv1.SessionOpenRequest) ([]byte, error) {
+	return encodeMsg(cmdSessionOpen, r)
+}
+
+func encodeLegacyCheckpoint(term uint64, id, remainingMs int64) []byte {
+	b := []byte{byte(cmdTTLCheckpoint)}
+	b = binary.AppendUvarint(b, term)
+	b = binary.AppendUvarint(b, 1)
+	b = binary.AppendVarint(b, id)
+	b = binary.AppendVarint(b, remainingMs)
+	return append(b, 1)
+}
 
 func TestPutGetVersions(t *testing.T) {
 	h := newHarness(t)
@@ -378,9 +397,34 @@ func TestExpiryFromStaleTermIgnored(t *testing.T) {
 	if !h.m.HasSession(s) {
 		t.Error("session expired by a stale leader's entry")
 	}
-	h.apply(EncodeTTLCheckpoint(3, []Checkpoint{{ID: s, RemainingMs: 1200, Renewed: false}}), nil)
-	if got := h.m.Sessions()[0]; got.RemainingMs != 1200 || got.Renewed {
-		t.Errorf("checkpoint: got remaining %d renewed %v, want 1200 false", got.RemainingMs, got.Renewed)
+	if got, want := h.m.Sessions()[0].DeadlineMs, int64(testNowMs+5000); got != want {
+		t.Errorf("deadline at open: got %d, want %d (the proposer's clock + TTL)", got, want)
+	}
+	res = h.apply(EncodeDeadlineCheckpoint(2, []Checkpoint{{ID: s, DeadlineMs: testNowMs + 9000}}), nil)
+	if err, _ := res.(error); !errors.Is(err, ErrStaleTerm) {
+		t.Fatalf("checkpoint of a stale term: got %v, want ErrStaleTerm", res)
+	}
+	tests := []struct {
+		name       string
+		deadlineMs int64
+		want       int64
+	}{
+		{"later deadline", testNowMs + 7000, testNowMs + 7000},
+		{"earlier deadline never moves it back", testNowMs + 6000, testNowMs + 7000},
+	}
+	for _, tt := range tests {
+		h.apply(EncodeDeadlineCheckpoint(3, []Checkpoint{{ID: s, DeadlineMs: tt.deadlineMs}}), nil)
+		if got := h.m.Sessions()[0].DeadlineMs; got != tt.want {
+			t.Errorf("%s: got deadline %d, want %d", tt.name, got, tt.want)
+		}
+	}
+	// Entries of older versions still apply; their sessions have no deadline.
+	old := h.apply(encodeLegacySessionOpen(&coordv1.SessionOpenRequest{TtlMs: 4000})).(*coordv1.SessionOpenResponse)
+	if res := h.apply(encodeLegacyCheckpoint(3, old.SessionId, 1200), nil); res != nil {
+		t.Fatalf("legacy checkpoint: got %v, want nil", res)
+	}
+	if got := h.m.Sessions()[1]; got.ID != old.SessionId || got.DeadlineMs != 0 || got.TTLMs != 4000 {
+		t.Errorf("legacy session: got %+v, want id %d, ttl 4000, no deadline", got, old.SessionId)
 	}
 }
 
@@ -418,8 +462,9 @@ func TestDedupeRetriedRequest(t *testing.T) {
 	}
 	// Sessions: a retried open returns the same session, not a second one.
 	open := &coordv1.SessionOpenRequest{TtlMs: 3000, RequestId: "open-1"}
-	a := h.apply(EncodeSessionOpen(open)).(*coordv1.SessionOpenResponse)
-	b := h.apply(EncodeSessionOpen(open)).(*coordv1.SessionOpenResponse)
+	a := h.apply(EncodeSessionOpen(open, testNowMs)).(*coordv1.SessionOpenResponse)
+	// A retry is proposed later, with another clock reading.
+	b := h.apply(EncodeSessionOpen(open, testNowMs+1500)).(*coordv1.SessionOpenResponse)
 	if a.SessionId != b.SessionId || len(h.m.Sessions()) != 1 {
 		t.Errorf("retried open: got sessions %d and %d (%d open), want one", a.SessionId, b.SessionId, len(h.m.Sessions()))
 	}

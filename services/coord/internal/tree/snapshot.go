@@ -28,7 +28,9 @@ const (
 	recSession byte = 3
 	recDedupe  byte = 4
 	recMember  byte = 5
-	recTrailer byte = 0xFF
+	// recSessionDeadline replaces recSession (remaining time), which is still read.
+	recSessionDeadline byte = 6
+	recTrailer         byte = 0xFF
 
 	maxRecordBytes = MaxRequestBytes * 2
 )
@@ -130,9 +132,8 @@ func (s *snapshot) WriteTo(w io.Writer) (int64, error) {
 	for _, si := range s.sessions {
 		buf = binary.AppendVarint(buf[:0], si.ID)
 		buf = binary.AppendVarint(buf, si.TTLMs)
-		buf = binary.AppendVarint(buf, si.RemainingMs)
-		buf = append(buf, boolByte(si.Renewed))
-		rec(recSession, buf)
+		buf = binary.AppendVarint(buf, si.DeadlineMs)
+		rec(recSessionDeadline, buf)
 	}
 	for _, e := range s.dedupe {
 		buf = appendString(buf[:0], e.id)
@@ -160,13 +161,6 @@ func (s *snapshot) WriteTo(w io.Writer) (int64, error) {
 		return cw.n, fmt.Errorf("write snapshot trailer: %w", err)
 	}
 	return cw.n + int64(len(trailer)), nil
-}
-
-func boolByte(b bool) byte {
-	if b {
-		return 1
-	}
-	return 0
 }
 
 func appendResult(b []byte, res any) ([]byte, error) {
@@ -355,7 +349,13 @@ func readSnapshot(r io.Reader) (*restored, error) {
 			}
 			st.nodes.Set(nd)
 		case recSession:
-			s := &session{id: d.varint(), ttlMs: d.varint(), remainingMs: d.varint(), renewed: d.byte1() == 1, nodes: map[string]struct{}{}}
+			// A remaining time relative to an unknown moment is no deadline.
+			s := &session{id: d.varint(), ttlMs: d.varint(), nodes: map[string]struct{}{}}
+			d.varint()
+			d.byte1()
+			st.sessions[s.id] = s
+		case recSessionDeadline:
+			s := &session{id: d.varint(), ttlMs: d.varint(), deadlineMs: d.varint(), nodes: map[string]struct{}{}}
 			st.sessions[s.id] = s
 		case recDedupe:
 			id := d.string()

@@ -1,8 +1,13 @@
 // Package watch is berth-coord's watch hub: it keeps a bounded window of recent events and
 // serves watchers that start from a revision. A watcher first replays from the window, then
 // follows live events; it sees every matching event exactly once, in revision order, with
-// the events of one revision together. Publishing never blocks: a watcher whose client
-// reads too slowly is cancelled with an error that says where to resume.
+// the events of one revision together (a Batch). Publishing never blocks: a watcher whose
+// client reads too slowly is cancelled with an error that says where to resume. A whole
+// revision is always admitted to a watcher that has nothing pending, however many events it
+// has, so that resuming after an overflow always makes progress.
+//
+// Watchers of the same path (or the same subtree) share the Batch of each live revision,
+// so that the server can encode a response once for all of them (Batch.Memo).
 package watch
 
 import (
@@ -12,6 +17,7 @@ import (
 	"sort"
 	"strings"
 	"sync"
+	"time"
 
 	coordv1 "github.com/berthdev/berth/proto/coord/v1"
 )
@@ -24,6 +30,43 @@ var ErrOverflow = errors.New("coord: watcher fell behind")
 
 // ErrClosed is returned by Next after Close.
 var ErrClosed = errors.New("coord: watcher closed")
+
+// ErrIdle is returned by Next when its idle channel fires before any event.
+var ErrIdle = errors.New("coord: watcher idle")
+
+// Batch is the events of one revision that match a watcher, in the order they were
+// applied. Live batches are shared by every watcher of the same path or subtree; a Batch
+// and its events are never modified once published.
+type Batch struct {
+	// Rev is the revision.
+	Rev int64
+	// Events are the matching events of the revision.
+	Events []*coordv1.Event
+
+	// mu guards memo.
+	mu   sync.Mutex
+	memo []memoEntry
+}
+
+type memoEntry struct {
+	key, val any
+}
+
+// Memo returns the value remembered for key, computing it with compute the first time
+// (under the batch's lock: concurrent callers wait for it). Keys are compared with ==. The
+// server keeps the encoded response of a batch here.
+func (b *Batch) Memo(key any, compute func() any) any {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	for _, m := range b.memo {
+		if m.key == key {
+			return m.val
+		}
+	}
+	v := compute()
+	b.memo = append(b.memo, memoEntry{key, v})
+	return v
+}
 
 // CompactedError reports a start revision that is no longer in the window.
 type CompactedError struct {
@@ -65,7 +108,7 @@ type Options struct {
 	// HistoryBytes is the most bytes (paths and values) the window keeps (default 128 MiB).
 	HistoryBytes int
 	// WatcherBuffer is the most events a watcher may have pending before it is cancelled
-	// (default 4096).
+	// (default 4096); a revision is always admitted when nothing is pending.
 	WatcherBuffer int
 }
 
@@ -100,7 +143,9 @@ type Hub struct {
 	histBytes  int
 	exact      map[string]map[*Watcher]struct{}
 	subtree    map[string]map[*Watcher]struct{}
-	scratch    map[*Watcher][]*coordv1.Event
+	// exactB and subtreeB are Publish's scratch: the batch of each watched path and root.
+	exactB   map[string]*Batch
+	subtreeB map[string]*Batch
 	watchers   int
 	published  uint64
 	overflows  uint64
@@ -121,7 +166,7 @@ func NewHub(rev int64, opts Options) *Hub {
 	return &Hub{
 		opts: opts, rev: rev, compactRev: rev,
 		exact: map[string]map[*Watcher]struct{}{}, subtree: map[string]map[*Watcher]struct{}{},
-		scratch: map[*Watcher][]*coordv1.Event{},
+		exactB: map[string]*Batch{}, subtreeB: map[string]*Batch{},
 	}
 }
 
@@ -157,35 +202,61 @@ func (h *Hub) Publish(rev int64, events []*coordv1.Event) {
 	h.published += uint64(len(events))
 	h.trimLocked()
 
-	clear(h.scratch)
+	clear(h.exactB)
+	clear(h.subtreeB)
+	add := func(m map[string]*Batch, key string, e *coordv1.Event) {
+		b := m[key]
+		if b == nil {
+			b = &Batch{Rev: rev}
+			m[key] = b
+		}
+		b.Events = append(b.Events, e)
+	}
 	for _, e := range events {
 		p := e.Node.Path
-		for w := range h.exact[p] {
-			h.scratch[w] = append(h.scratch[w], e)
+		if len(h.exact[p]) > 0 {
+			add(h.exactB, p, e)
+		}
+		if len(h.subtree) == 0 {
+			continue
 		}
 		for a := p; ; a = parent(a) {
-			for w := range h.subtree[a] {
-				h.scratch[w] = append(h.scratch[w], e)
+			if len(h.subtree[a]) > 0 {
+				add(h.subtreeB, a, e)
 			}
 			if a == "/" {
 				break
 			}
 		}
 	}
-	for w, evs := range h.scratch {
-		w.mu.Lock()
-		switch {
-		case rev < w.start:
-		case len(w.queue)+len(evs) > h.opts.WatcherBuffer:
-			w.err = &OverflowError{Resume: rev, Limit: h.opts.WatcherBuffer}
-			h.overflows++
-			h.unindexLocked(w)
-			w.signal()
-		default:
-			w.queue = append(w.queue, evs...)
-			w.signal()
+	for p, b := range h.exactB {
+		for w := range h.exact[p] {
+			h.deliverLocked(w, b)
 		}
-		w.mu.Unlock()
+	}
+	for a, b := range h.subtreeB {
+		for w := range h.subtree[a] {
+			h.deliverLocked(w, b)
+		}
+	}
+}
+
+// deliverLocked queues a live batch for w, or cancels w when it would fall more than the
+// buffer behind. A batch always fits when nothing is pending.
+func (h *Hub) deliverLocked(w *Watcher, b *Batch) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	switch {
+	case b.Rev < w.start:
+	case w.queued > 0 && w.queued+len(b.Events) > h.opts.WatcherBuffer:
+		w.err = &OverflowError{Resume: b.Rev, Limit: h.opts.WatcherBuffer}
+		h.overflows++
+		h.unindexLocked(w)
+		w.signal()
+	default:
+		w.queue = append(w.queue, b)
+		w.queued += len(b.Events)
+		w.signal()
 	}
 }
 
@@ -284,7 +355,8 @@ type Watcher struct {
 	mu     sync.Mutex
 	next   int64 // while unsynced: the next revision to replay from the window
 	synced bool  // in the hub's index, receiving live events
-	queue  []*coordv1.Event
+	queue  []*Batch
+	queued int // events in queue
 	err    error
 	closed bool
 }
@@ -355,10 +427,10 @@ func (w *Watcher) matches(p string) bool {
 	return w.path == "/" || p == w.path || strings.HasPrefix(p, w.path+"/")
 }
 
-// catchUp replays from the window while the watcher is not synced; it returns the events
-// found (whole revisions, at most the buffer's worth) and registers the watcher for live
-// events once it has reached the head.
-func (w *Watcher) catchUp() ([]*coordv1.Event, error) {
+// catchUp replays from the window while the watcher is not synced; it returns the batches
+// found (whole revisions, about the buffer's worth at most, and at least one revision
+// however large) and registers the watcher for live events once it has reached the head.
+func (w *Watcher) catchUp() ([]*Batch, error) {
 	h := w.hub
 	h.mu.Lock()
 	defer h.mu.Unlock()
@@ -372,18 +444,26 @@ func (w *Watcher) catchUp() ([]*coordv1.Event, error) {
 		return nil, nil
 	}
 	i := sort.Search(len(h.hist), func(i int) bool { return h.hist[i].rev >= w.next })
-	var out []*coordv1.Event
+	var out []*Batch
+	n := 0
 	for ; i < len(h.hist); i++ {
 		re := h.hist[i]
-		n := len(out)
+		var b *Batch
 		for _, e := range re.events {
 			if w.matches(e.Node.Path) {
-				out = append(out, e)
+				if b == nil {
+					b = &Batch{Rev: re.rev}
+				}
+				b.Events = append(b.Events, e)
 			}
 		}
 		w.next = re.rev + 1
-		if len(out) > n && len(out) >= h.opts.WatcherBuffer {
-			break
+		if b != nil {
+			out = append(out, b)
+			n += len(b.Events)
+			if n >= h.opts.WatcherBuffer {
+				break
+			}
 		}
 	}
 	if w.next > h.rev {
@@ -392,17 +472,18 @@ func (w *Watcher) catchUp() ([]*coordv1.Event, error) {
 	return out, nil
 }
 
-// Next blocks until events are available and returns them: one or more whole revisions,
-// oldest first. It returns the watcher's terminal error (a *CompactedError, an
-// *OverflowError after the events before it, or ErrClosed) or ctx's error.
-func (w *Watcher) Next(ctx context.Context) ([]*coordv1.Event, error) {
+// Next blocks until events are available and returns them: the batches of one or more
+// whole revisions, oldest first. It returns the watcher's terminal error (a
+// *CompactedError, an *OverflowError after the events before it, or ErrClosed), ctx's
+// error, or ErrIdle when idle (which may be nil) fires first.
+func (w *Watcher) Next(ctx context.Context, idle <-chan time.Time) ([]*Batch, error) {
 	for {
 		w.mu.Lock()
 		if len(w.queue) > 0 {
-			evs := w.queue
-			w.queue = nil
+			bs := w.queue
+			w.queue, w.queued = nil, 0
 			w.mu.Unlock()
-			return evs, nil
+			return bs, nil
 		}
 		if w.closed {
 			w.mu.Unlock()
@@ -416,17 +497,19 @@ func (w *Watcher) Next(ctx context.Context) ([]*coordv1.Event, error) {
 		synced := w.synced
 		w.mu.Unlock()
 		if !synced {
-			evs, err := w.catchUp()
+			bs, err := w.catchUp()
 			if err != nil {
 				return nil, err
 			}
-			if len(evs) > 0 {
-				return evs, nil
+			if len(bs) > 0 {
+				return bs, nil
 			}
 			continue
 		}
 		select {
 		case <-w.notify:
+		case <-idle:
+			return nil, ErrIdle
 		case <-ctx.Done():
 			return nil, ctx.Err()
 		}
@@ -460,6 +543,6 @@ func (w *Watcher) Close() {
 	w.closed = true
 	h.unindexLocked(w)
 	h.watchers--
-	w.queue = nil
+	w.queue, w.queued = nil, 0
 	w.signal()
 }

@@ -31,13 +31,28 @@ func collect(t *testing.T, w *Watcher, n int) ([]*coordv1.Event, error) {
 	defer cancel()
 	var out []*coordv1.Event
 	for len(out) < n {
-		evs, err := w.Next(ctx)
+		bs, err := w.Next(ctx, nil)
 		if err != nil {
 			return out, err
 		}
-		out = append(out, evs...)
+		out = append(out, flatten(t, bs)...)
 	}
 	return out, nil
+}
+
+// flatten returns the events of batches, checking that each batch is one revision.
+func flatten(t *testing.T, bs []*Batch) []*coordv1.Event {
+	t.Helper()
+	var out []*coordv1.Event
+	for _, b := range bs {
+		for _, e := range b.Events {
+			if e.Revision != b.Rev {
+				t.Fatalf("batch of revision %d holds an event of revision %d", b.Rev, e.Revision)
+			}
+		}
+		out = append(out, b.Events...)
+	}
+	return out
 }
 
 func checkSequence(t *testing.T, evs []*coordv1.Event, from, to int64) {
@@ -93,11 +108,11 @@ func TestExactAndSubtreeMatching(t *testing.T) {
 		ctx, cancel := context.WithTimeout(t.Context(), time.Second)
 		var got []string
 		for {
-			evs, err := tt.w.Next(ctx)
+			bs, err := tt.w.Next(ctx, nil)
 			if err != nil {
 				break
 			}
-			for _, e := range evs {
+			for _, e := range flatten(t, bs) {
 				got = append(got, e.Node.Path)
 			}
 			if fmt.Sprint(got) == tt.want {
@@ -197,7 +212,7 @@ func TestResetEndsWatchers(t *testing.T) {
 	w, _, _ := h.Watch("/a", true, 0)
 	defer w.Close()
 	h.Reset(100)
-	if _, err := w.Next(t.Context()); !errors.Is(err, ErrCompacted) {
+	if _, err := w.Next(t.Context(), nil); !errors.Is(err, ErrCompacted) {
 		t.Errorf("got %v, want ErrCompacted after Reset", err)
 	}
 }
@@ -210,12 +225,124 @@ func TestProgressAndClose(t *testing.T) {
 		t.Errorf("progress: got %d %v, want 5 true", rev, ok)
 	}
 	errc := make(chan error)
-	go func() { _, err := w.Next(t.Context()); errc <- err }()
+	idle := make(chan time.Time, 1)
+	idle <- time.Now()
+	if _, err := w.Next(t.Context(), idle); !errors.Is(err, ErrIdle) {
+		t.Errorf("Next with nothing to deliver and idle fired: got %v, want ErrIdle", err)
+	}
+	go func() { _, err := w.Next(t.Context(), nil); errc <- err }()
 	w.Close()
 	if err := <-errc; !errors.Is(err, ErrClosed) {
 		t.Errorf("Next after Close: got %v, want ErrClosed", err)
 	}
 	if s := h.Stats(); s.Watchers != 0 {
 		t.Errorf("watchers after close: got %d, want 0", s.Watchers)
+	}
+}
+
+// bigRevision is one revision with n events under /big (a session expiry deleting n
+// ephemerals).
+func bigRevision(rev int64, n int) []*coordv1.Event {
+	evs := make([]*coordv1.Event, n)
+	for i := range evs {
+		evs[i] = ev(rev, fmt.Sprintf("/big/e%d", i))
+	}
+	return evs
+}
+
+func TestRevisionLargerThanBufferIsDelivered(t *testing.T) {
+	const buffer, big = 10, 500
+	h := NewHub(0, Options{WatcherBuffer: buffer})
+	live, _, _ := h.Watch("/big", true, 0)
+	defer live.Close()
+	behind, _, _ := h.Watch("/big", true, 0)
+	defer behind.Close()
+	h.Publish(1, []*coordv1.Event{ev(1, "/big/first")})
+	// live reads revision 1; behind does not, and has a revision pending.
+	if evs, err := collect(t, live, 1); err != nil || len(evs) != 1 {
+		t.Fatalf("live watcher, revision 1: got %v %v", evs, err)
+	}
+	h.Publish(2, bigRevision(2, big))
+	h.Publish(3, []*coordv1.Event{ev(3, "/big/last")})
+
+	// A watcher with nothing pending takes the whole revision, then the next one.
+	evs, err := collect(t, live, big+1)
+	if err != nil {
+		t.Fatalf("live watcher: %v", err)
+	}
+	checkRevisions(t, evs, map[int64]int{2: big, 3: 1})
+
+	// A watcher with a revision pending overflows at the big one; resuming from there
+	// delivers it whole from the window (before the fix, it overflowed again forever).
+	first, err := collect(t, behind, 1000)
+	var oe *OverflowError
+	if !errors.As(err, &oe) || oe.Resume != 2 || len(first) != 1 {
+		t.Fatalf("behind watcher: got %d events, %v; want 1 event, then an overflow resuming at 2", len(first), err)
+	}
+	resumed, _, err := h.Watch("/big", true, oe.Resume)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resumed.Close()
+	rest, err := collect(t, resumed, big+1)
+	if err != nil {
+		t.Fatalf("resumed watcher: %v", err)
+	}
+	checkRevisions(t, rest, map[int64]int{2: big, 3: 1})
+
+	// Resuming on a member that has not applied the big revision yet (the watcher waits
+	// for it live, with nothing pending) works too.
+	h2 := NewHub(1, Options{WatcherBuffer: buffer})
+	early, _, err := h2.Watch("/big", true, 2)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer early.Close()
+	h2.Publish(2, bigRevision(2, big))
+	if evs, err := collect(t, early, big); err != nil || len(evs) != big {
+		t.Fatalf("live resume of the big revision: got %d events, %v; want %d", len(evs), err, big)
+	}
+}
+
+// checkRevisions checks that evs hold exactly want[rev] events of each revision.
+func checkRevisions(t *testing.T, evs []*coordv1.Event, want map[int64]int) {
+	t.Helper()
+	got := map[int64]int{}
+	for _, e := range evs {
+		got[e.Revision]++
+	}
+	if fmt.Sprint(got) != fmt.Sprint(want) {
+		t.Errorf("events per revision: got %v, want %v", got, want)
+	}
+}
+
+func TestWatchersOfOnePathShareBatches(t *testing.T) {
+	h := NewHub(0, Options{})
+	var ws []*Watcher
+	for _, rec := range []bool{false, false, true, true} {
+		w, _, _ := h.Watch("/k", rec, 0)
+		defer w.Close()
+		ws = append(ws, w)
+	}
+	h.Publish(1, []*coordv1.Event{ev(1, "/k"), ev(1, "/k/child")})
+	var got [][]*Batch
+	for _, w := range ws {
+		bs, err := w.Next(t.Context(), nil)
+		if err != nil || len(bs) != 1 {
+			t.Fatalf("got %v %v, want one batch", bs, err)
+		}
+		got = append(got, bs)
+	}
+	if got[0][0] != got[1][0] || got[2][0] != got[3][0] {
+		t.Error("watchers of the same path got different batches, want one shared batch")
+	}
+	if len(got[0][0].Events) != 1 || len(got[2][0].Events) != 2 {
+		t.Errorf("batch sizes: got exact %d, subtree %d; want 1 and 2", len(got[0][0].Events), len(got[2][0].Events))
+	}
+	calls := 0
+	for range 3 {
+		if v := got[0][0].Memo("k", func() any { calls++; return calls }); v != 1 {
+			t.Errorf("memo: got %v, want 1", v)
+		}
 	}
 }

@@ -12,6 +12,7 @@ import (
 	"io"
 	"log/slog"
 	"net/http"
+	"net/url"
 	"slices"
 	"strconv"
 	"strings"
@@ -38,20 +39,36 @@ const (
 	maxWait    = 60 * time.Second
 )
 
-// Server serves the API. Create it with New; Handler returns its routes.
+// Options are the optional parts of the API.
+type Options struct {
+	// NamesURL is the base URL of the name service's HTTP API that /v1/names/ proxies to;
+	// nil answers those routes 503.
+	NamesURL *url.URL
+	// NamesClient makes the proxied requests; nil means a client with a 10 s timeout.
+	NamesClient *http.Client
+	// Done, when closed, ends every event stream, so that the HTTP server's shutdown is
+	// not held up by them; the controller closes it when Run's context ends.
+	Done <-chan struct{}
+}
+
+// Server serves the API. Create it with New; Register adds its routes.
 type Server struct {
 	coord  *coordclient.Client
 	bus    *natsbus.Bus
 	log    *slog.Logger
 	source string
+	opts   Options
 
 	requests *prometheus.CounterVec
 	duration *prometheus.HistogramVec
 }
 
 // New returns the API of a replica. bus may be nil (no requested events).
-func New(coord *coordclient.Client, bus *natsbus.Bus, source string, log *slog.Logger, reg prometheus.Registerer) (*Server, error) {
-	s := &Server{coord: coord, bus: bus, log: log, source: source,
+func New(coord *coordclient.Client, bus *natsbus.Bus, source string, log *slog.Logger, reg prometheus.Registerer, opts Options) (*Server, error) {
+	if opts.NamesClient == nil {
+		opts.NamesClient = &http.Client{Timeout: namesTimeout}
+	}
+	s := &Server{coord: coord, bus: bus, log: log, source: source, opts: opts,
 		requests: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: "berth", Subsystem: "controller", Name: "api_requests_total",
 			Help: "HTTP API requests, by route and status code."}, []string{"route", "code"}),
 		duration: prometheus.NewHistogramVec(prometheus.HistogramOpts{Namespace: "berth", Subsystem: "controller", Name: "api_request_duration_seconds",
@@ -95,6 +112,22 @@ func (s *Server) Register(mux interface {
 	route("PUT /v1/tree/{path...}", s.putNode)
 	route("PATCH /v1/tree/{path...}", s.putNode)
 	route("DELETE /v1/tree/{path...}", s.deleteNode)
+	route("GET /v1/hosts", s.listHosts)
+	route("GET /v1/instances/{service...}", s.listInstances)
+	route("GET /v1/names/resolve/{service...}", s.proxyResolve)
+	route("GET /v1/names/dcs", s.proxyDCs)
+	// Streams last as long as the client stays; they are counted, not timed.
+	stream := func(pattern string, fn func(w http.ResponseWriter, r *http.Request) error) {
+		mux.Handle(pattern, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			rw := &statusWriter{ResponseWriter: w, code: http.StatusOK}
+			if err := fn(rw, r); err != nil {
+				s.writeError(rw, r, err)
+			}
+			s.requests.WithLabelValues(pattern, strconv.Itoa(rw.code)).Inc()
+		}))
+	}
+	stream("GET /v1/deployments/{id}/events", s.streamRun(model.KindDeployment))
+	stream("GET /v1/tasks/{id}/events", s.streamRun(model.KindTask))
 }
 
 type statusWriter struct {
@@ -106,6 +139,9 @@ func (w *statusWriter) WriteHeader(code int) {
 	w.code = code
 	w.ResponseWriter.WriteHeader(code)
 }
+
+// Unwrap lets http.ResponseController reach the connection's Flush.
+func (w *statusWriter) Unwrap() http.ResponseWriter { return w.ResponseWriter }
 
 // Error is an API failure with its HTTP status.
 type Error struct {
@@ -536,12 +572,19 @@ func (s *Server) loadRun(ctx context.Context, kind, head, id string, withTargets
 	if err != nil {
 		return nil, 0, fmt.Errorf("read %s: %w", id, err)
 	}
-	if len(res.Nodes) == 0 || res.Nodes[0].Path != head || res.Nodes[0].Version == 0 {
+	return buildRun(kind, head, id, res.Nodes, withTargets)
+}
+
+// buildRun makes a run from the nodes of its subtree (the header first, as List returns
+// it): the header, and with targets every host's record (pending when it has none). The
+// revision is the highest mod_rev among the nodes.
+func buildRun(kind, head, id string, nodes []coordclient.Node, withTargets bool) (proto.Message, int64, error) {
+	if len(nodes) == 0 || nodes[0].Path != head || nodes[0].Version == 0 {
 		return nil, 0, apiErr(http.StatusNotFound, "not_found", "id", "%s %s not found", kind, id)
 	}
 	var rev int64
 	per := map[string]coordclient.Node{}
-	for _, n := range res.Nodes {
+	for _, n := range nodes {
 		rev = max(rev, n.ModRev)
 		if n.Path != head && n.Version > 0 {
 			per[n.Path[strings.LastIndexByte(n.Path, '/')+1:]] = n
@@ -549,7 +592,7 @@ func (s *Server) loadRun(ctx context.Context, kind, head, id string, withTargets
 	}
 	if kind == model.KindTask {
 		t := &controllerv1.Task{}
-		if err := model.Unmarshal(res.Nodes[0].Value, t); err != nil {
+		if err := model.Unmarshal(nodes[0].Value, t); err != nil {
 			return nil, 0, err
 		}
 		for _, h := range t.GetHosts() {
@@ -566,7 +609,7 @@ func (s *Server) loadRun(ctx context.Context, kind, head, id string, withTargets
 		return t, rev, nil
 	}
 	d := &controllerv1.Deployment{}
-	if err := model.Unmarshal(res.Nodes[0].Value, d); err != nil {
+	if err := model.Unmarshal(nodes[0].Value, d); err != nil {
 		return nil, 0, err
 	}
 	for _, h := range d.GetHosts() {

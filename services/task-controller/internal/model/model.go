@@ -26,6 +26,13 @@ const (
 	ActivePrefix      = "/berth/controller/active"
 	LocksPrefix       = "/berth/controller/locks"
 	ReleasesPrefix    = "/berth/controller/releases"
+	// HostsPrefix, AlivePrefix, AllocPrefix and InstancesPrefix are read (never written)
+	// by the console's endpoints: the inventory (cmdb-sync), the agents' liveness nodes,
+	// the scheduler's allocations and the agents' registered instances.
+	HostsPrefix     = "/berth/hosts"
+	AlivePrefix     = "/berth/alive"
+	AllocPrefix     = "/berth/alloc"
+	InstancesPrefix = "/berth/instances"
 	// LeaderRole is the election role of the controller replicas.
 	LeaderRole = "controller"
 )

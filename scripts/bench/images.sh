@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# images.sh benchmarks berth-image-builder (DESIGN §12) on this machine, both sides in one
+# run (test/images/imagebench):
+#   1. the cache-hit decision: 1,000 requests over NATS request/reply for a version whose
+#      image exists (coord record + registry HEAD), p50 and p99 — goal p99 <= 20 ms;
+#   2. a cold build — fetch, unpack, build, push, record — beside `docker build` + `docker
+#      push` of the same context (the builder's Dockerfile and the unpacked package) on the
+#      same engine and registry, rounds alternating — goal <= 1.1x.
+# Needs a Docker engine, docker-registry and busybox-static (apt-get install
+# docker-registry busybox-static). The container start vs `docker run -d` comparison needs
+# the container-deploy plugin and is not here yet.
+#
+#   HITS=1000 ROUNDS=5 FILES=200 SIZE=8388608 scripts/bench/images.sh
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+HITS=${HITS:-1000}
+ROUNDS=${ROUNDS:-5}
+FILES=${FILES:-200}
+SIZE=${SIZE:-8388608}
+GO=${GO:-go}
+tmp=$(mktemp -d)
+trap 'rm -rf "$tmp"' EXIT
+(cd test && "$GO" build -o "$tmp/imagebench" ./images/imagebench)
+"$tmp/imagebench" -hits "$HITS" -rounds "$ROUNDS" -files "$FILES" -size "$SIZE"
