@@ -17,3 +17,5 @@ ensure_tool() {
   echo "installing $spec" >&2
   GOFLAGS=-buildvcs=false go install "$spec"
 }
+HELM_PKG=helm.sh/helm/v3/cmd/helm
+HELM_VERSION=v3.22.0

@@ -168,12 +168,17 @@ func (w *watcher) stream(ctx context.Context, addr string) (created bool, err er
 	}
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
+	// Fragment: a revision too large for one response (a session expiry deleting
+	// thousands of ephemerals) comes in several, joined here before it is delivered.
 	st, err := api.Watch(ctx, &coordv1.WatchRequest{
-		Path: w.path, Recursive: w.opts.recursive, StartRevision: w.next, PrevNode: w.opts.prevNode,
+		Path: w.path, Recursive: w.opts.recursive, StartRevision: w.next, PrevNode: w.opts.prevNode, Fragment: true,
 	})
 	if err != nil {
 		return false, mapError(err, nil, nil)
 	}
+	// pending holds the fragments of a revision received so far; a broken stream drops
+	// them, and the next one starts again from that revision (w.next).
+	var pending []*coordv1.Event
 	for {
 		resp, err := st.Recv()
 		if err != nil {
@@ -195,8 +200,17 @@ func (w *watcher) stream(ctx context.Context, addr string) (created bool, err er
 			}
 			continue
 		}
+		if resp.GetFragment() {
+			pending = append(pending, resp.GetEvents()...)
+			continue
+		}
+		events := resp.GetEvents()
+		if len(pending) > 0 {
+			events = append(pending, events...)
+			pending = nil
+		}
 		var batch WatchResponse
-		for _, ev := range resp.GetEvents() {
+		for _, ev := range events {
 			if ev.GetRevision() < w.next {
 				// Already delivered before a reconnect.
 				continue

@@ -784,3 +784,34 @@ func TestQuorumContact(t *testing.T) {
 		return !ok || ticks > 10 && time.Since(at) > 100*time.Millisecond, fmt.Sprintf("ok %v, %d ticks, %v ago", ok, ticks, time.Since(at))
 	})
 }
+
+func TestAbandonedCalls(t *testing.T) {
+	c := newTestCluster(t, 3, nil)
+	m := c.start(1, false) // alone: no leader, so the calls wait
+	for _, tt := range []struct {
+		name string
+		call func(ctx context.Context, abandon <-chan struct{}) error
+	}{
+		{"propose", func(ctx context.Context, abandon <-chan struct{}) error {
+			_, err := m.node.ProposeUnless(ctx, []byte("k=v"), abandon)
+			return err
+		}},
+		{"read index", m.node.ReadIndexUnless},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			abandon := make(chan struct{})
+			errc := make(chan error, 1)
+			go func() { errc <- tt.call(t.Context(), abandon) }()
+			time.Sleep(50 * time.Millisecond)
+			close(abandon)
+			select {
+			case err := <-errc:
+				if !errors.Is(err, ErrAbandoned) {
+					t.Errorf("got %v, want ErrAbandoned", err)
+				}
+			case <-time.After(2 * time.Second):
+				t.Fatal("call still waiting 2s after it was abandoned")
+			}
+		})
+	}
+}

@@ -21,6 +21,9 @@ var (
 	// ErrClusterMismatch is returned by NewNode when the data dir was written by another
 	// cluster or another member.
 	ErrClusterMismatch = errors.New("raftstore: data dir belongs to another cluster or member")
+	// ErrAbandoned is returned by ProposeUnless and ReadIndexUnless when the caller's
+	// abandon channel closed first; a proposal's outcome is then unknown.
+	ErrAbandoned = errors.New("raftstore: abandoned by the caller")
 	// ErrProposalTooLarge is returned by Propose for data over Config.MaxProposalBytes.
 	ErrProposalTooLarge = errors.New("raftstore: proposal too large")
 	// ErrMemberExists is returned by AddMember for an ID that is, or was, a member.

@@ -122,11 +122,25 @@ type Node struct {
 
 // proposal is one Propose call on its way through the raft loop.
 type proposal struct {
-	id    uint64
-	data  []byte // envelope: version, id, caller's data
-	ctx   context.Context
-	done  chan proposalResult
-	start time.Time
+	id      uint64
+	data    []byte // envelope: version, id, caller's data
+	ctx     context.Context
+	abandon <-chan struct{} // nil: never
+	done    chan proposalResult
+	start   time.Time
+}
+
+// gone reports whether the caller of a proposal or read has given up.
+func gone(ctx context.Context, abandon <-chan struct{}) bool {
+	if ctx.Err() != nil {
+		return true
+	}
+	select {
+	case <-abandon:
+		return true
+	default:
+		return false
+	}
 }
 
 type proposalResult struct {
@@ -136,9 +150,10 @@ type proposalResult struct {
 
 // readRequest is one ReadIndex call.
 type readRequest struct {
-	ctx   context.Context
-	done  chan error
-	index uint64
+	ctx     context.Context
+	abandon <-chan struct{} // nil: never
+	done    chan error
+	index   uint64
 }
 
 // readBatch is the read requests that share one raft read-index request.
@@ -582,7 +597,7 @@ func (n *Node) flushProposals(retry bool) {
 	n.pendingProps = nil
 	live := props[:0]
 	for _, p := range props {
-		if p.ctx.Err() == nil {
+		if !gone(p.ctx, p.abandon) {
 			live = append(live, p)
 		}
 	}
@@ -620,7 +635,7 @@ func (n *Node) flushProposals(retry bool) {
 // came back (dropped on a leader change).
 func (n *Node) purgeWaiters() {
 	for id, p := range n.waiters {
-		if p.ctx.Err() != nil {
+		if gone(p.ctx, p.abandon) {
 			delete(n.waiters, id)
 		}
 	}
@@ -657,7 +672,7 @@ func (n *Node) retryConfChanges() {
 func (n *Node) flushReads() {
 	live := n.readPending[:0]
 	for _, r := range n.readPending {
-		if r.ctx.Err() == nil {
+		if !gone(r.ctx, r.abandon) {
 			live = append(live, r)
 		}
 	}
@@ -710,7 +725,7 @@ func (n *Node) releaseReads() {
 		switch {
 		case r.index <= n.applied:
 			r.done <- nil
-		case r.ctx.Err() == nil:
+		case !gone(r.ctx, r.abandon):
 			keep = append(keep, r)
 		}
 	}
@@ -1193,7 +1208,7 @@ func (n *Node) ctxErr(ctx context.Context) error {
 }
 
 // waitLeader waits until this member knows a leader.
-func (n *Node) waitLeader(ctx context.Context) error {
+func (n *Node) waitLeader(ctx context.Context, abandon <-chan struct{}) error {
 	for {
 		n.mu.Lock()
 		lead, wait := n.status.Leader, n.leaderWait
@@ -1205,6 +1220,8 @@ func (n *Node) waitLeader(ctx context.Context) error {
 		case <-wait:
 		case <-ctx.Done():
 			return fmt.Errorf("%w: %w", ErrNoLeader, ctx.Err())
+		case <-abandon:
+			return ErrAbandoned
 		case <-n.stopping:
 			return n.stoppedErr()
 		}
@@ -1218,27 +1235,37 @@ func (n *Node) waitLeader(ctx context.Context) error {
 // still be applied later); ErrStopped or ErrRemoved when the node stopped;
 // ErrProposalTooLarge.
 func (n *Node) Propose(ctx context.Context, data []byte) (any, error) {
+	return n.ProposeUnless(ctx, data, nil)
+}
+
+// ProposeUnless is Propose that also gives up, with ErrAbandoned, when abandon is closed
+// (nil: never), without a context to make: a caller that watches something shared (a
+// leadership) passes its channel. The proposal is then dropped if raft has not taken it
+// yet; its outcome is unknown.
+func (n *Node) ProposeUnless(ctx context.Context, data []byte, abandon <-chan struct{}) (any, error) {
 	n.metrics.proposals.Inc()
-	res, err := n.propose(ctx, data)
+	res, err := n.propose(ctx, data, abandon)
 	if err != nil {
 		n.metrics.proposalsFailed.Inc()
 	}
 	return res, err
 }
 
-func (n *Node) propose(ctx context.Context, data []byte) (any, error) {
+func (n *Node) propose(ctx context.Context, data []byte, abandon <-chan struct{}) (any, error) {
 	if len(data) > n.cfg.MaxProposalBytes {
 		return nil, fmt.Errorf("propose %d bytes (limit %d): %w", len(data), n.cfg.MaxProposalBytes, ErrProposalTooLarge)
 	}
-	if err := n.waitLeader(ctx); err != nil {
+	if err := n.waitLeader(ctx, abandon); err != nil {
 		return nil, err
 	}
 	id := n.ids.next()
-	p := &proposal{id: id, data: envelope(n.cfg.ID, id, data), ctx: ctx, done: make(chan proposalResult, 1)}
+	p := &proposal{id: id, data: envelope(n.cfg.ID, id, data), ctx: ctx, abandon: abandon, done: make(chan proposalResult, 1)}
 	select {
 	case n.propc <- p:
 	case <-ctx.Done():
 		return nil, n.ctxErr(ctx)
+	case <-abandon:
+		return nil, ErrAbandoned
 	case <-n.stopping:
 		return nil, n.stoppedErr()
 	}
@@ -1247,6 +1274,8 @@ func (n *Node) propose(ctx context.Context, data []byte) (any, error) {
 		return r.value, r.err
 	case <-ctx.Done():
 		return nil, n.ctxErr(ctx)
+	case <-abandon:
+		return nil, ErrAbandoned
 	case <-n.stopping:
 		select {
 		case r := <-p.done:
@@ -1261,15 +1290,21 @@ func (n *Node) propose(ctx context.Context, data []byte) (any, error) {
 // least the commit index the leader had when the call was made (confirmed by a quorum), so
 // a read of the local state after it sees every write acknowledged before the call.
 // ErrNoLeader (joined with the context error) when there was no leader while ctx allowed.
-func (n *Node) ReadIndex(ctx context.Context) error {
-	if err := n.waitLeader(ctx); err != nil {
+func (n *Node) ReadIndex(ctx context.Context) error { return n.ReadIndexUnless(ctx, nil) }
+
+// ReadIndexUnless is ReadIndex that also gives up, with ErrAbandoned, when abandon is
+// closed (nil: never).
+func (n *Node) ReadIndexUnless(ctx context.Context, abandon <-chan struct{}) error {
+	if err := n.waitLeader(ctx, abandon); err != nil {
 		return err
 	}
-	r := &readRequest{ctx: ctx, done: make(chan error, 1)}
+	r := &readRequest{ctx: ctx, abandon: abandon, done: make(chan error, 1)}
 	select {
 	case n.readc <- r:
 	case <-ctx.Done():
 		return n.ctxErr(ctx)
+	case <-abandon:
+		return ErrAbandoned
 	case <-n.stopping:
 		return n.stoppedErr()
 	}
@@ -1278,6 +1313,8 @@ func (n *Node) ReadIndex(ctx context.Context) error {
 		return err
 	case <-ctx.Done():
 		return n.ctxErr(ctx)
+	case <-abandon:
+		return ErrAbandoned
 	case <-n.stopping:
 		return n.stoppedErr()
 	}
@@ -1427,7 +1464,7 @@ func (n *Node) RemoveMember(ctx context.Context, id uint64) error {
 }
 
 func (n *Node) changeMembership(ctx context.Context, cc *raftpb.ConfChange) error {
-	if err := n.waitLeader(ctx); err != nil {
+	if err := n.waitLeader(ctx, nil); err != nil {
 		return err
 	}
 	cc.Id = proto.Uint64(n.ids.next())

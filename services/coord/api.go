@@ -39,6 +39,16 @@ func (s *Server) header(rev int64) *coordv1.ResponseHeader {
 	return &coordv1.ResponseHeader{Revision: rev, MemberId: s.id, LeaderId: s.leader.Load(), RaftTerm: s.term.Load()}
 }
 
+// stamp completes the header of a response the state machine made (the caller owns it:
+// see tree.Machine.Apply) with this member's view.
+func (s *Server) stamp(h *coordv1.ResponseHeader) *coordv1.ResponseHeader {
+	if h == nil {
+		return s.header(0)
+	}
+	h.MemberId, h.LeaderId, h.RaftTerm = s.id, s.leader.Load(), s.term.Load()
+	return h
+}
+
 // errorDomain is the domain of the google.rpc.ErrorInfo detail of every error status.
 const errorDomain = "coord.berth.dev"
 
@@ -160,9 +170,13 @@ func (s *Server) quorumSilence(now time.Time) (time.Duration, bool) {
 // forwards proposals, and a lost one is never retried by Raft): idempotent attempts
 // (reads, writes with a request id, which the store dedupes) are made again for the new
 // leader; others fail at once with UNAVAILABLE, outcome unknown.
-func (s *Server) replicate(ctx context.Context, what string, idempotent bool, attempt func(context.Context) error) error {
-	rctx, cancel := context.WithTimeout(ctx, s.cfg.RequestTimeout)
-	defer cancel()
+func (s *Server) replicate(ctx context.Context, what string, idempotent bool, attempt func(ctx context.Context, abandon <-chan struct{}) error) error {
+	rctx := ctx
+	if dl, ok := ctx.Deadline(); !ok || time.Until(dl) > s.cfg.RequestTimeout {
+		var cancel context.CancelFunc
+		rctx, cancel = context.WithTimeout(ctx, s.cfg.RequestTimeout)
+		defer cancel()
+	}
 	for {
 		st := s.lead.Load()
 		if err := s.unavailable(st, what); err != nil {
@@ -181,11 +195,9 @@ func (s *Server) replicate(ctx context.Context, what string, idempotent bool, at
 			}
 			continue
 		}
-		actx, acancel := context.WithCancel(rctx)
-		stop := context.AfterFunc(st.done, acancel)
-		err := attempt(actx)
-		stop()
-		acancel()
+		// The attempt gives up when the leader state is replaced (raftstore's abandon
+		// channel: no context to make and link per call).
+		err := attempt(rctx, st.done.Done())
 		if err == nil {
 			return nil
 		}
@@ -203,6 +215,24 @@ func (s *Server) replicate(ctx context.Context, what string, idempotent bool, at
 	}
 }
 
+// abandonable adapts an attempt that only takes a context to replicate: it runs under a
+// context cancelled when abandon closes (for the rare calls without an abandon channel).
+func abandonable(attempt func(context.Context) error) func(context.Context, <-chan struct{}) error {
+	return func(ctx context.Context, abandon <-chan struct{}) error {
+		ctx, cancel := context.WithCancel(ctx)
+		defer cancel()
+		// The goroutine exits when the attempt returns (cancel) or is abandoned.
+		go func() {
+			select {
+			case <-abandon:
+				cancel()
+			case <-ctx.Done():
+			}
+		}()
+		return attempt(ctx)
+	}
+}
+
 // applyEntry replicates an entry and returns what the machine's Apply returned for it; an
 // error result is mapped to its status. An entry with a request id is proposed again
 // after a change of leader (the store answers a duplicate from its request-id table).
@@ -211,9 +241,9 @@ func (s *Server) applyEntry(ctx context.Context, what, requestID string, data []
 		return nil, storeError(err)
 	}
 	var res any
-	err = s.replicate(ctx, what, requestID != "", func(ctx context.Context) error {
+	err = s.replicate(ctx, what, requestID != "", func(ctx context.Context, abandon <-chan struct{}) error {
 		var err error
-		res, err = s.node.Propose(ctx, data)
+		res, err = s.node.ProposeUnless(ctx, data, abandon)
 		return err
 	})
 	if err != nil {
@@ -230,6 +260,9 @@ func (s *Server) propose(ctx context.Context, what, requestID string, data []byt
 	res, err := s.applyEntry(ctx, what, requestID, data, err)
 	if err != nil {
 		return nil, err
+	}
+	if r, ok := res.(*tree.PutResult); ok {
+		return r.Response(), nil
 	}
 	if r, ok := res.(proto.Message); ok {
 		return r, nil
@@ -287,7 +320,7 @@ func (s *Server) readBarrier(ctx context.Context, what string, serializable bool
 	if serializable || s.cfg.localLinearizableReads || forceLocalReads {
 		return nil
 	}
-	return s.replicate(ctx, what, true, s.node.ReadIndex)
+	return s.replicate(ctx, what, true, s.node.ReadIndexUnless)
 }
 
 // Get implements CoordService.Get.
@@ -335,7 +368,8 @@ func (s *Server) Put(ctx context.Context, req *coordv1.PutRequest) (*coordv1.Put
 		return nil, err
 	}
 	r := res.(*coordv1.PutResponse)
-	return &coordv1.PutResponse{Header: s.header(r.Header.GetRevision()), Node: r.Node}, nil
+	r.Header = s.stamp(r.Header)
+	return r, nil
 }
 
 // Delete implements CoordService.Delete.
@@ -346,7 +380,8 @@ func (s *Server) Delete(ctx context.Context, req *coordv1.DeleteRequest) (*coord
 		return nil, err
 	}
 	r := res.(*coordv1.DeleteResponse)
-	return &coordv1.DeleteResponse{Header: s.header(r.Header.GetRevision()), Deleted: r.Deleted}, nil
+	r.Header = s.stamp(r.Header)
+	return r, nil
 }
 
 // Txn implements CoordService.Txn.
@@ -357,7 +392,8 @@ func (s *Server) Txn(ctx context.Context, req *coordv1.TxnRequest) (*coordv1.Txn
 		return nil, err
 	}
 	r := res.(*coordv1.TxnResponse)
-	return &coordv1.TxnResponse{Header: s.header(r.Header.GetRevision()), Succeeded: r.Succeeded, Results: r.Results}, nil
+	r.Header = s.stamp(r.Header)
+	return r, nil
 }
 
 // SessionOpen implements CoordService.SessionOpen.
@@ -368,7 +404,8 @@ func (s *Server) SessionOpen(ctx context.Context, req *coordv1.SessionOpenReques
 		return nil, err
 	}
 	r := res.(*coordv1.SessionOpenResponse)
-	return &coordv1.SessionOpenResponse{Header: s.header(r.Header.GetRevision()), SessionId: r.SessionId, TtlMs: r.TtlMs}, nil
+	r.Header = s.stamp(r.Header)
+	return r, nil
 }
 
 // SessionClose implements CoordService.SessionClose.
@@ -379,7 +416,8 @@ func (s *Server) SessionClose(ctx context.Context, req *coordv1.SessionCloseRequ
 		return nil, err
 	}
 	r := res.(*coordv1.SessionCloseResponse)
-	return &coordv1.SessionCloseResponse{Header: s.header(r.Header.GetRevision()), Deleted: r.Deleted}, nil
+	r.Header = s.stamp(r.Header)
+	return r, nil
 }
 
 // notLeader is the UNAVAILABLE status for a keepalive that reached a member whose lessor
@@ -427,9 +465,7 @@ func (s *Server) renew(ctx context.Context, id int64) (time.Duration, error) {
 	}
 	st := s.lead.Load()
 	rctx, cancel := context.WithTimeout(ctx, s.cfg.RequestTimeout)
-	stop := context.AfterFunc(st.done, cancel)
-	res, err := s.node.Propose(rctx, tree.EncodeDeadlineCheckpoint(term, []tree.Checkpoint{{ID: id, DeadlineMs: deadline.UnixMilli()}}))
-	stop()
+	res, err := s.node.ProposeUnless(rctx, tree.EncodeDeadlineCheckpoint(term, []tree.Checkpoint{{ID: id, DeadlineMs: deadline.UnixMilli()}}), st.done.Done())
 	cancel()
 	recorded := err == nil && res == nil
 	s.lessor.RenewDone(id, deadline, recorded)
@@ -541,10 +577,11 @@ func (s *Server) Watch(req *coordv1.WatchRequest, stream grpc.ServerStreamingSer
 	defer cancelDrain()
 	stopDrain := context.AfterFunc(s.drainCtx, cancelDrain)
 	defer stopDrain()
+	// One timer per stream for the progress notifications of an idle watch.
+	idle := time.NewTimer(progressInterval)
+	defer idle.Stop()
 	for {
-		wctx, cancel := context.WithTimeout(ctx, progressInterval)
-		evs, err := w.Next(wctx)
-		cancel()
+		bs, err := w.Next(ctx, idle.C)
 		if err != nil {
 			if err := stream.Context().Err(); err != nil {
 				return status.FromContextError(err).Err()
@@ -553,27 +590,21 @@ func (s *Server) Watch(req *coordv1.WatchRequest, stream grpc.ServerStreamingSer
 				return statusError(codes.Unavailable, coordv1.ErrorReason_ERROR_REASON_STOPPING,
 					fmt.Sprintf("watch %s: member %s is stopping; resume on another member", req.Path, FormatID(s.id)))
 			}
-			if errors.Is(err, context.DeadlineExceeded) {
+			if errors.Is(err, watch.ErrIdle) {
 				if prog, ok := w.Progress(); ok {
 					if err := stream.Send(&coordv1.WatchResponse{Header: s.header(prog)}); err != nil {
 						return err
 					}
 				}
+				idle.Reset(progressInterval)
 				continue
 			}
 			return s.watchError(stream, req.Path, err)
 		}
-		if !req.PrevNode {
-			for i, e := range evs {
-				if e.PrevNode != nil {
-					evs[i] = &coordv1.Event{Type: e.Type, Node: e.Node, Revision: e.Revision}
-				}
-			}
-		}
-		if err := stream.Send(&coordv1.WatchResponse{Header: s.header(evs[len(evs)-1].Revision), Events: evs}); err != nil {
+		if err := s.sendBatches(stream, req, bs); err != nil {
 			return err
 		}
-		s.metrics.watchEventsSent.Add(float64(len(evs)))
+		idle.Reset(progressInterval)
 	}
 }
 
@@ -628,14 +659,14 @@ func (s *Server) MemberAdd(ctx context.Context, req *coordv1.MemberAddRequest) (
 		return nil, err
 	}
 	attempted := false
-	err = s.replicate(ctx, what, req.RequestId != "", func(ctx context.Context) error {
+	err = s.replicate(ctx, what, req.RequestId != "", abandonable(func(ctx context.Context) error {
 		err := s.node.AddMember(ctx, raftstore.Peer{ID: id, Addr: req.PeerAddr})
 		if errors.Is(err, raftstore.ErrMemberExists) && req.RequestId != "" && (repeat || attempted) && s.isMember(id, req.PeerAddr) {
 			return nil // an earlier attempt of this request added it
 		}
 		attempted = true
 		return err
-	})
+	}))
 	if err != nil {
 		return nil, err
 	}
@@ -665,14 +696,14 @@ func (s *Server) MemberRemove(ctx context.Context, req *coordv1.MemberRemoveRequ
 		return nil, err
 	}
 	attempted := false
-	err = s.replicate(ctx, what, req.RequestId != "", func(ctx context.Context) error {
+	err = s.replicate(ctx, what, req.RequestId != "", abandonable(func(ctx context.Context) error {
 		err := s.node.RemoveMember(ctx, req.Id)
 		if errors.Is(err, raftstore.ErrMemberNotFound) && req.RequestId != "" && (repeat || attempted) {
 			return nil // an earlier attempt of this request removed it
 		}
 		attempted = true
 		return err
-	})
+	}))
 	if err != nil {
 		return nil, err
 	}

@@ -92,6 +92,8 @@ type Config struct {
 	// It exists only to prove that a linearizability checker catches stale reads; it is
 	// settable from this package's tests or by building with -tags berth_unsafe_local_reads.
 	localLinearizableReads bool
+	// watchResponseBytes overrides defaultWatchResponseBytes (tests).
+	watchResponseBytes int
 	// noHandover makes a stop skip the hand-over and the drain, as a crash would; tests use
 	// it to kill a member in process.
 	noHandover bool

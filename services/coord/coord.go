@@ -294,6 +294,7 @@ func (s *Server) Run(ctx context.Context) error {
 	opts := []grpc.ServerOption{
 		grpc.MaxRecvMsgSize(maxMessageBytes),
 		grpc.MaxSendMsgSize(maxMessageBytes),
+		grpc.ForceServerCodecV2(newSendCodec()),
 		grpc.ChainUnaryInterceptor(s.unaryInterceptor),
 		grpc.ChainStreamInterceptor(s.streamInterceptor),
 		grpc.KeepaliveEnforcementPolicy(keepaliveEnforcement),

@@ -221,6 +221,16 @@ func (b *Builder) Run(ctx context.Context) error {
 		return err
 	}
 	var err error
+	// coord first, so that it is closed after the bus, whose close waits for the handlers
+	// that still use coord.
+	b.coord = b.deps.Coord
+	if b.coord == nil {
+		b.coord, err = coordclient.New(ctx, coordclient.Config{Endpoints: b.cfg.CoordEndpoints(), Logger: b.log})
+		if err != nil {
+			return fmt.Errorf("connect to coord %v: %w", b.cfg.CoordEndpoints(), err)
+		}
+		defer b.coord.Close()
+	}
 	b.bus = b.deps.Bus
 	if b.bus == nil {
 		b.bus, err = natsbus.Connect(ctx, natsbus.Config{URLs: b.cfg.NATSURLs(), Name: "berth-image-builder/" + b.cfg.Name,
@@ -233,14 +243,6 @@ func (b *Builder) Run(ctx context.Context) error {
 			defer cancel()
 			_ = b.bus.Close(cctx)
 		}()
-	}
-	b.coord = b.deps.Coord
-	if b.coord == nil {
-		b.coord, err = coordclient.New(ctx, coordclient.Config{Endpoints: b.cfg.CoordEndpoints(), Logger: b.log})
-		if err != nil {
-			return fmt.Errorf("connect to coord %v: %w", b.cfg.CoordEndpoints(), err)
-		}
-		defer b.coord.Close()
 	}
 	runCtx, cancel := context.WithCancel(ctx)
 	defer cancel()

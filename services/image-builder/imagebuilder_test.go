@@ -8,6 +8,7 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	"go.uber.org/goleak"
 
@@ -37,6 +38,7 @@ func TestConfigValidate(t *testing.T) {
 		{func(c *imagebuilder.Config) { c.LockTTL = 0 }, "lock_ttl"},
 		{func(c *imagebuilder.Config) { c.MaxDeliver = 0 }, "max_deliver"},
 		{func(c *imagebuilder.Config) { c.LogTail = 0 }, "log_tail"},
+		{func(c *imagebuilder.Config) { c.ConfirmTTL = -time.Second }, "confirm_ttl"},
 		{func(c *imagebuilder.Config) { c.WorkConsumer = "a.b" }, "work_consumer"},
 		{func(c *imagebuilder.Config) { c.Coord = "nohost" }, "coord"},
 		{func(c *imagebuilder.Config) { c.ListenMetrics = "nohost" }, "listen_metrics"},

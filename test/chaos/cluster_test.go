@@ -94,7 +94,7 @@ func startCoordCluster(t *testing.T, cfg clusterConfig) *coordCluster {
 		}
 		if t.Failed() {
 			for _, m := range c.members {
-				t.Logf("member %s log: %s", m.name, m.logFile)
+				t.Logf("member %s log kept at %s", m.name, keepFile(t, m.logFile))
 			}
 		}
 	})

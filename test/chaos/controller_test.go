@@ -9,6 +9,7 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"maps"
@@ -146,7 +147,7 @@ func (e *deployEnv) stopAll() {
 	}
 	if e.t.Failed() {
 		for _, c := range ctrls {
-			e.t.Logf("controller %s log: %s", c.name, c.logFile)
+			e.t.Logf("controller %s log kept at %s", c.name, keepFile(e.t, c.logFile))
 		}
 	}
 }
@@ -246,7 +247,7 @@ func (e *deployEnv) startController(name string, extra ...string) *ctrlProc {
 	p.cmd = exec.Command(bin,
 		"--listen", addr, "--replica", name, "--nats", e.nats.URL(),
 		"--coord", strings.Join(e.coord.clientEndpoints(), ","),
-		"--session-ttl", "1s", "--retry-backoff", "50ms", "--retry-backoff-max", "500ms",
+		"--session-ttl", "1s", "--retry-backoff", "50ms", "--retry-backoff-max", "1s",
 		"--poll-interval", "1s", "--result-grace", "2s", "--step-request-timeout", "2s",
 		"--ensure-streams=false", "--log-format", "text", "--log-level", "debug")
 	p.cmd.Args = append(p.cmd.Args, extra...)
@@ -318,24 +319,28 @@ func (e *deployEnv) leader(timeout time.Duration) (*ctrlProc, uint64) {
 	return nil, 0
 }
 
-// live returns a live controller.
-func (e *deployEnv) live() *ctrlProc {
+// live returns a live controller, or nil: the n-th one (modulo their number), so that
+// retries go to each in turn.
+func (e *deployEnv) live(n int) *ctrlProc {
 	e.mu.Lock()
 	defer e.mu.Unlock()
+	var live []*ctrlProc
 	for _, c := range e.ctrls {
 		if !c.dead {
-			return c
+			live = append(live, c)
 		}
 	}
-	e.t.Fatal("no live controller")
-	return nil
+	if len(live) == 0 {
+		return nil
+	}
+	return live[n%len(live)]
 }
 
 var httpClient = &http.Client{Timeout: 5 * time.Second}
 
-// call sends a JSON request to a live controller, retrying on transport errors and 5xx
-// (a replica may be dying or the cluster electing) for up to 20 s. It returns the status
-// and body of the first other answer.
+// call sends a JSON request to a live controller, retrying on the next one after a
+// transport error or a 5xx (a replica may be dying, the cluster electing, the machine
+// overloaded) for up to a minute. It returns the status and body of the first other answer.
 func (e *deployEnv) call(method, path string, body any) (int, []byte, error) {
 	var b []byte
 	if body != nil {
@@ -344,15 +349,19 @@ func (e *deployEnv) call(method, path string, body any) (int, []byte, error) {
 			return 0, nil, err
 		}
 	}
-	deadline := time.Now().Add(20 * time.Second)
-	for {
-		req, err := http.NewRequest(method, e.live().url+path, bytes.NewReader(b))
+	deadline := time.Now().Add(time.Minute)
+	for attempt := 0; ; attempt++ {
+		code, rb := 0, []byte(nil)
+		c := e.live(attempt)
+		if c == nil {
+			return 0, nil, fmt.Errorf("%s %s: no live controller", method, path)
+		}
+		req, err := http.NewRequest(method, c.url+path, bytes.NewReader(b))
 		if err != nil {
 			return 0, nil, err
 		}
 		req.Header.Set("Content-Type", "application/json")
 		resp, err := httpClient.Do(req)
-		code, rb := 0, []byte(nil)
 		if err == nil {
 			rb, _ = io.ReadAll(resp.Body)
 			resp.Body.Close()
@@ -362,7 +371,7 @@ func (e *deployEnv) call(method, path string, body any) (int, []byte, error) {
 			}
 		}
 		if time.Now().After(deadline) {
-			return code, rb, fmt.Errorf("%s %s: no answer below 500 within 20s (last %d %v: %s)", method, path, code, err, rb)
+			return code, rb, fmt.Errorf("%s %s: no answer below 500 within a minute (last %d %v: %s)", method, path, code, err, rb)
 		}
 		time.Sleep(100 * time.Millisecond)
 	}
@@ -386,8 +395,7 @@ func (e *deployEnv) getDeployment(id string) (*controllerv1.Deployment, error) {
 
 // makePkg builds a package whose start script records "<service> <host>" in the
 // sentinel file, so that every run of a deploy step on a host is counted.
-func (e *deployEnv) makePkg(service, version string) (url, sum string) {
-	e.t.Helper()
+func (e *deployEnv) makePkg(service, version string) (url, sum string, err error) {
 	files := []struct{ name, body string }{
 		{"berth.yaml", fmt.Sprintf("service: %s\nscripts:\n  start: bin/start\n  stop: bin/stop\n  health: bin/health\n  reload: bin/reload\nhealth:\n  interval: 200ms\n  timeout: 150ms\n  rise: 1\n  fall: 2\n", service)},
 		{"bin/start", "#!/bin/sh\necho \"$BERTH_SERVICE $BERTH_HOST_ID\" >> " + e.sentinel + "\nsleep 0.3\necho " + version + " > ../../running\n"},
@@ -404,78 +412,137 @@ func (e *deployEnv) makePkg(service, version string) (url, sum string) {
 			mode = 0o755
 		}
 		if err := tw.WriteHeader(&tar.Header{Name: f.name, Mode: mode, Size: int64(len(f.body)), Typeflag: tar.TypeReg, ModTime: time.Unix(0, 0)}); err != nil {
-			e.t.Fatal(err)
+			return "", "", fmt.Errorf("package %s: %w", service, err)
 		}
 		if _, err := tw.Write([]byte(f.body)); err != nil {
-			e.t.Fatal(err)
+			return "", "", fmt.Errorf("package %s: %w", service, err)
 		}
 	}
 	if err := tw.Close(); err != nil {
-		e.t.Fatal(err)
+		return "", "", fmt.Errorf("package %s: %w", service, err)
 	}
 	if err := gz.Close(); err != nil {
-		e.t.Fatal(err)
+		return "", "", fmt.Errorf("package %s: %w", service, err)
 	}
 	dir := filepath.Join(e.dir, "pkgs")
 	if err := os.MkdirAll(dir, 0o755); err != nil {
-		e.t.Fatal(err)
+		return "", "", fmt.Errorf("package %s: %w", service, err)
 	}
 	p := filepath.Join(dir, strings.ReplaceAll(service, "/", "-")+"-"+version+".tar.gz")
 	if err := os.WriteFile(p, buf.Bytes(), 0o644); err != nil {
-		e.t.Fatal(err)
+		return "", "", fmt.Errorf("package %s: %w", service, err)
 	}
-	s := sha256.Sum256(buf.Bytes())
-	return "file://" + p, hex.EncodeToString(s[:])
+	h := sha256.Sum256(buf.Bytes())
+	return "file://" + p, hex.EncodeToString(h[:]), nil
 }
 
 // rampOneByOne is the strategy of the suites' deployments: one host, then the rest one at
-// a time, so that each deployment has steps out for a while.
-var rampOneByOne = map[string]any{"batches": []any{1, "100%"}, "max_parallel": 1, "health_gate": map[string]any{"deadline": "10s"}}
+// a time, so that each deployment has steps out for a while; with 20 infrastructure
+// retries (the most allowed) and the controllers' backoff of at most 1 s, a host may be out
+// of reach for about a minute before its target is given up as unreachable, which the
+// faults stay well under.
+var rampOneByOne = map[string]any{"batches": []any{1, "100%"}, "max_parallel": 1, "infra_retries": 20, "health_gate": map[string]any{"deadline": "10s"}}
 
 // deployAll binds each of n services to hosts and starts a deployment of each with
-// strategy; it returns the deployment ids by service.
-func (e *deployEnv) deployAll(prefix string, n int, hosts []string, strategy map[string]any) map[string]string {
-	e.t.Helper()
+// strategy, four at a time; it returns the deployment ids by service. It may run on a
+// goroutine other than the test's: it reports failures as an error.
+func (e *deployEnv) deployAll(prefix string, n int, hosts []string, strategy map[string]any) (map[string]string, error) {
+	var mu sync.Mutex
 	ids := map[string]string{}
+	var errs []error
+	sem := make(chan struct{}, 4)
+	var wg sync.WaitGroup
 	for i := range n {
 		svc := fmt.Sprintf("%s/s%03d", prefix, i)
-		code, b, err := e.call("PATCH", "/v1/tree/"+svc, map[string]any{"hosts": hosts})
-		if err != nil || (code != http.StatusCreated && code != http.StatusOK) {
-			e.t.Fatalf("bind %s to %v: status %d %v: %s", svc, hosts, code, err, b)
-		}
-		url, sum := e.makePkg(svc, "1.0.0")
-		code, b, err = e.call("POST", "/v1/deployments", map[string]any{"service": svc, "version": "1.0.0",
-			"artifact": map[string]string{"url": url, "sha256": sum},
-			"strategy": strategy})
-		d := &controllerv1.Deployment{}
-		switch {
-		case err != nil:
-			e.t.Fatal(err)
-		case code == http.StatusCreated:
-			if err := protojson.Unmarshal(b, d); err != nil {
-				e.t.Fatalf("deploy %s: %v: %s", svc, err, b)
+		wg.Add(1)
+		sem <- struct{}{}
+		go func() {
+			defer wg.Done()
+			defer func() { <-sem }()
+			id, err := e.deploy(svc, hosts, strategy)
+			mu.Lock()
+			defer mu.Unlock()
+			if err != nil {
+				errs = append(errs, err)
+				return
 			}
-		case code == http.StatusConflict:
-			// A retry of a create that was applied: the service's lock names it.
-			var c struct {
-				Details map[string]string `json:"details"`
-			}
-			if json.Unmarshal(b, &c) != nil || c.Details["running"] == "" {
-				e.t.Fatalf("deploy %s: status 409: %s", svc, b)
-			}
-			d.Id = c.Details["running"]
-		default:
-			e.t.Fatalf("deploy %s: status %d: %s", svc, code, b)
-		}
-		ids[svc] = d.GetId()
-		e.mu.Lock()
-		for _, h := range hosts {
-			e.deployed[h]++
-		}
-		e.created++
-		e.mu.Unlock()
+			ids[svc] = id
+		}()
 	}
-	return ids
+	wg.Wait()
+	return ids, errors.Join(errs...)
+}
+
+// deploy binds svc to hosts and starts a deployment of it.
+func (e *deployEnv) deploy(svc string, hosts []string, strategy map[string]any) (string, error) {
+	code, b, err := e.call("PATCH", "/v1/tree/"+svc, map[string]any{"hosts": hosts})
+	if err != nil || (code != http.StatusCreated && code != http.StatusOK) {
+		return "", fmt.Errorf("bind %s to %v: status %d %v: %s", svc, hosts, code, err, b)
+	}
+	url, sum, err := e.makePkg(svc, "1.0.0")
+	if err != nil {
+		return "", err
+	}
+	code, b, err = e.call("POST", "/v1/deployments", map[string]any{"service": svc, "version": "1.0.0",
+		"artifact": map[string]string{"url": url, "sha256": sum}, "strategy": strategy})
+	d := &controllerv1.Deployment{}
+	switch {
+	case err != nil:
+		return "", err
+	case code == http.StatusCreated:
+		if err := protojson.Unmarshal(b, d); err != nil {
+			return "", fmt.Errorf("deploy %s: %w: %s", svc, err, b)
+		}
+	case code == http.StatusConflict:
+		// A retry of a create that was applied: the service's lock names it.
+		var c struct {
+			Details map[string]string `json:"details"`
+		}
+		if json.Unmarshal(b, &c) != nil || c.Details["running"] == "" {
+			return "", fmt.Errorf("deploy %s: status 409: %s", svc, b)
+		}
+		d.Id = c.Details["running"]
+	default:
+		return "", fmt.Errorf("deploy %s: status %d: %s", svc, code, b)
+	}
+	e.mu.Lock()
+	for _, h := range hosts {
+		e.deployed[h]++
+	}
+	e.created++
+	e.mu.Unlock()
+	return d.GetId(), nil
+}
+
+// deployAsync runs deployAll on a goroutine; the returned function waits for it and fails
+// the test on its error.
+func (e *deployEnv) deployAsync(prefix string, n int, hosts []string, strategy map[string]any) (wait func() map[string]string) {
+	type result struct {
+		ids map[string]string
+		err error
+	}
+	ch := make(chan result, 1)
+	go func() {
+		ids, err := e.deployAll(prefix, n, hosts, strategy)
+		ch <- result{ids, err}
+	}()
+	return func() map[string]string {
+		r := <-ch
+		if r.err != nil {
+			e.t.Fatal(r.err)
+		}
+		return r.ids
+	}
+}
+
+// awaitTimeout is how long the controller suites wait for their deployments to end after
+// the faults: 3 minutes for -short, 10 for the 100 deployments of a full run (a shared
+// 2-core machine gets through about one deployment of three hosts per second).
+func awaitTimeout() time.Duration {
+	if testing.Short() {
+		return 3 * time.Minute
+	}
+	return 10 * time.Minute
 }
 
 // deployOutcome is what the controller suites check at the end.
@@ -512,6 +579,7 @@ func (e *deployEnv) await(ids map[string]string, hosts []string, start time.Time
 		pending[svc] = id
 	}
 	last := map[string]*controllerv1.Deployment{}
+	succeeded := map[string]bool{}
 	for len(pending) > 0 && time.Now().Before(deadline) {
 		for svc, id := range pending {
 			d, err := e.getDeployment(id)
@@ -523,9 +591,16 @@ func (e *deployEnv) await(ids map[string]string, hosts []string, start time.Time
 				delete(pending, svc)
 				if d.GetStatus().GetState() == "succeeded" {
 					out.succeeded++
+					succeeded[svc] = true
 				} else {
 					out.notSucceeded++
-					e.t.Errorf("deployment %s of %s: got %s, want succeeded: %s", id, svc, d.GetStatus().GetState(), d.GetStatus().GetMessage())
+					var why []string
+					for _, tg := range d.GetTargets() {
+						if tg.GetState() != "succeeded" {
+							why = append(why, fmt.Sprintf("%s %s: %s", tg.GetHost(), tg.GetState(), tg.GetMessage()))
+						}
+					}
+					e.t.Errorf("deployment %s of %s: got %s, want succeeded: %s (%s)", id, svc, d.GetStatus().GetState(), d.GetStatus().GetMessage(), strings.Join(why, "; "))
 				}
 			}
 		}
@@ -559,7 +634,7 @@ func (e *deployEnv) await(ids map[string]string, hosts []string, start time.Time
 		for _, h := range hosts {
 			out.steps++
 			switch c := counts[svc+" "+h]; {
-			case c == 0:
+			case c == 0 && succeeded[svc]:
 				out.stepsLost++
 				e.t.Errorf("%s on %s: the deploy step never ran", svc, h)
 			case c > 1:
@@ -596,11 +671,11 @@ func TestNATSRestartDuringDeployments(t *testing.T) {
 		e.startAgent(h, "")
 	}
 	for i := range 2 {
-		e.startController("c" + strconv.Itoa(i+1))
+		e.startController("c"+strconv.Itoa(i+1), "--session-ttl", "3s")
 	}
 	e.leader(15 * time.Second)
 	start := time.Now()
-	ids := e.deployAll("natsrestart", n, hosts, rampOneByOne)
+	created := e.deployAsync("natsrestart", n, hosts, rampOneByOne)
 	for r := range restarts {
 		time.Sleep(1500 * time.Millisecond)
 		e.nats.Shutdown()
@@ -608,7 +683,8 @@ func TestNATSRestartDuringDeployments(t *testing.T) {
 		e.nats.Start()
 		t.Logf("NATS restart %d at %v", r+1, time.Since(start).Round(100*time.Millisecond))
 	}
-	out := e.await(ids, hosts, start, 2*time.Minute)
+	ids := created()
+	out := e.await(ids, hosts, start, awaitTimeout())
 	t.Logf("NATS restarted %d times: %s", restarts, out)
 	fmt.Fprintf(os.Stderr, "chaos summary: nats restart: %d restarts, %s\n", restarts, out)
 }
@@ -632,7 +708,7 @@ func TestControllerLeaderKilledDuringDeployments(t *testing.T) {
 	}
 	e.leader(15 * time.Second)
 	start := time.Now()
-	ids := e.deployAll("leaderkill", n, hosts, rampOneByOne)
+	created := e.deployAsync("leaderkill", n, hosts, rampOneByOne)
 	var failovers []time.Duration
 	for k := range kills {
 		time.Sleep(2 * time.Second)
@@ -654,7 +730,8 @@ func TestControllerLeaderKilledDuringDeployments(t *testing.T) {
 			time.Sleep(20 * time.Millisecond)
 		}
 	}
-	out := e.await(ids, hosts, start, 3*time.Minute)
+	ids := created()
+	out := e.await(ids, hosts, start, awaitTimeout())
 	t.Logf("controller leader killed %d times (new leader after %v): %s", kills, failovers, out)
 	fmt.Fprintf(os.Stderr, "chaos summary: controller leader kill: %d kills (new leader after %v), %s\n", kills, failovers, out)
 }
@@ -689,18 +766,24 @@ func TestAgentCutOffDuringDeployments(t *testing.T) {
 	// Stop the agents (h3's NATS connection goes through the proxy) before the proxy.
 	defer e.stopAll()
 	for i := range 2 {
-		e.startController("c"+strconv.Itoa(i+1), "--retry-backoff", "200ms", "--retry-backoff-max", backoffMax)
+		e.startController("c"+strconv.Itoa(i+1), "--session-ttl", "3s", "--retry-backoff", "200ms", "--retry-backoff-max", backoffMax)
 	}
 	e.leader(15 * time.Second)
 	start := time.Now()
 	all := map[string]any{"batches": []any{"100%"}, "infra_retries": 20, "health_gate": map[string]any{"deadline": "10s"}}
-	ids := e.deployAll("cutoff", n, []string{"h1", "h2", "h3"}, all)
+	ids, err := e.deployAll("cutoff", n, []string{"h1", "h2", "h3"}, all)
+	if err != nil {
+		t.Fatal(err)
+	}
 	time.Sleep(500 * time.Millisecond)
 	proxy.SetMode(linkBlackhole)
 	cutAt := time.Now()
 	t.Logf("h3 cut off at %v", cutAt.Sub(start).Round(100*time.Millisecond))
 	// Deployments to the other hosts go on meanwhile.
-	otherIDs := e.deployAll("cutoff-others", others, []string{"h1", "h2"}, all)
+	otherIDs, err := e.deployAll("cutoff-others", others, []string{"h1", "h2"}, all)
+	if err != nil {
+		t.Fatal(err)
+	}
 	otherOut := e.await(otherIDs, []string{"h1", "h2"}, cutAt, cut-time.Second)
 	if since := time.Since(cutAt); since >= cut {
 		t.Errorf("deployments to h1 and h2 took %v, longer than h3's cut (%v): they waited for it", since, cut)
@@ -708,7 +791,7 @@ func TestAgentCutOffDuringDeployments(t *testing.T) {
 	time.Sleep(time.Until(cutAt.Add(cut)))
 	proxy.SetMode(linkPass)
 	t.Logf("h3 back at %v", time.Since(start).Round(100*time.Millisecond))
-	out := e.await(ids, []string{"h1", "h2", "h3"}, start, 3*time.Minute)
+	out := e.await(ids, []string{"h1", "h2", "h3"}, start, awaitTimeout())
 	t.Logf("h3 cut off for %v: deployments to h1, h2: %s", cut, otherOut)
 	t.Logf("h3 cut off for %v: deployments to h1, h2, h3: %s", cut, out)
 	fmt.Fprintf(os.Stderr, "chaos summary: agent cut off: %v; to other hosts meanwhile: %s; to it: %s\n", cut, otherOut, out)

@@ -19,6 +19,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strconv"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -130,4 +131,25 @@ func duration(t *testing.T, def time.Duration) time.Duration {
 		t.Fatalf("CHAOS_DURATION=%q: want a positive duration such as 10m", s)
 	}
 	return d
+}
+
+// keptDir is where keepFile copies logs: it outlives the test run.
+var keptDir = sync.OnceValues(func() (string, error) { return os.MkdirTemp("", "berth-chaos-logs-*") })
+
+// keepFile copies a file (a process's log) out of the test's temporary directory, which is
+// removed when the test ends, and returns the copy's path (or why there is none).
+func keepFile(t *testing.T, file string) string {
+	dir, err := keptDir()
+	if err != nil {
+		return fmt.Sprintf("(not kept: %v)", err)
+	}
+	b, err := os.ReadFile(file)
+	if err != nil {
+		return fmt.Sprintf("(not kept: %v)", err)
+	}
+	dst := filepath.Join(dir, strings.ReplaceAll(t.Name(), "/", "_")+"-"+filepath.Base(file))
+	if err := os.WriteFile(dst, b, 0o644); err != nil {
+		return fmt.Sprintf("(not kept: %v)", err)
+	}
+	return dst
 }

@@ -56,13 +56,14 @@ func TestContextCommands(t *testing.T) {
 
 	// Changing a field keeps the others; --unset clears one.
 	mustRun("", "context", "set", "prod", "--nats", "nats://10.0.0.8:4222", "--unset", "names,token")
+	mustRun("", "context", "set", "prod", "--controller", "https://berth2.example.com")
 	c, err := loadConfig()
 	if err != nil {
 		t.Fatal(err)
 	}
 	p := c.Contexts["prod"]
-	if p.Controller != "https://berth.example.com" || p.NATS != "nats://10.0.0.8:4222" || p.Names != "" || p.Token != "" || len(p.Coord) != 2 {
-		t.Fatalf("prod after set --nats --unset names,token: got %+v", p)
+	if p.Controller != "https://berth2.example.com" || p.NATS != "nats://10.0.0.8:4222" || p.Names != "" || p.Token != "" || len(p.Coord) != 2 {
+		t.Fatalf("prod after set --nats --unset names,token, then set --controller: got %+v", p)
 	}
 
 	// Refusals change nothing.

@@ -386,13 +386,13 @@ func fileSHA256(path string) (string, error) {
 	return hex.EncodeToString(h.Sum(nil)), nil
 }
 
-// findGo returns the go command: on PATH, else in $GOROOT/bin, else in the GOROOT this
-// binary was built with.
+// findGo returns the go command: on PATH, else in $GOROOT/bin, else in /usr/local/go/bin
+// (where the Go distribution installs).
 func findGo() (string, error) {
 	if p, err := exec.LookPath("go"); err == nil {
 		return p, nil
 	}
-	for _, root := range []string{os.Getenv("GOROOT"), runtime.GOROOT()} {
+	for _, root := range []string{os.Getenv("GOROOT"), "/usr/local/go"} {
 		if root == "" {
 			continue
 		}

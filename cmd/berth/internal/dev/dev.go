@@ -249,6 +249,9 @@ func Run(ctx context.Context, cfg Config) error {
 	fmt.Fprintln(cfg.Out, "Press Ctrl-C to stop.")
 	close(e.up)
 	err = g.Wait(ctx)
+	if cfg.Ephemeral {
+		stopApps(context.WithoutCancel(ctx), filepath.Join(cfg.DataDir, "agent", "apps"), cfg.Out)
+	}
 	fmt.Fprintln(cfg.Out, "berth dev stopped")
 	return err
 }

@@ -2,9 +2,13 @@ package tree
 
 import (
 	"encoding/binary"
+	"errors"
 	"fmt"
+	"unicode/utf8"
+	"unsafe"
 
 	coordv1 "github.com/berthdev/berth/proto/coord/v1"
+	"google.golang.org/protobuf/encoding/protowire"
 	"google.golang.org/protobuf/proto"
 )
 
@@ -29,8 +33,10 @@ const (
 	// cmdDeadlineCheckpoint records sessions' absolute deadlines. It replaces
 	// cmdTTLCheckpoint (remaining times), which is still decoded and then ignored.
 	cmdDeadlineCheckpoint cmdType = 12
-	maxRequestIDBytes             = 256
 )
+
+// maxRequestIDBytes bounds a request id.
+const maxRequestIDBytes = 256
 
 // MaxRequestBytes bounds the encoded size of one write request: a 4 MiB value plus room
 // for the path and the other fields. Larger requests are refused before they are proposed.
@@ -235,4 +241,67 @@ func (d *decoder) count(min int) int {
 		return 0
 	}
 	return int(n)
+}
+
+// decodePut decodes the PutRequest of a put entry. It is proto.Unmarshal for this one
+// message, by hand, because every put is decoded on every member: the value, the path and
+// the request id are not copied but alias the entry, which raftstore never modifies (and
+// which lives on in the node as long as they do); no reflection is involved. Unknown
+// fields are skipped; strings must be UTF-8, as proto.Unmarshal requires.
+func decodePut(b []byte) (*coordv1.PutRequest, error) {
+	r := &coordv1.PutRequest{}
+	for len(b) > 0 {
+		num, typ, n := protowire.ConsumeTag(b)
+		if n < 0 {
+			return nil, protowire.ParseError(n)
+		}
+		if num < protowire.MinValidNumber || num > protowire.MaxValidNumber {
+			return nil, fmt.Errorf("invalid field number %d", num)
+		}
+		b = b[n:]
+		var v uint64
+		var s []byte
+		switch typ {
+		case protowire.VarintType:
+			v, n = protowire.ConsumeVarint(b)
+		case protowire.BytesType:
+			s, n = protowire.ConsumeBytes(b)
+		default:
+			n = protowire.ConsumeFieldValue(num, typ, b)
+		}
+		if n < 0 {
+			return nil, protowire.ParseError(n)
+		}
+		b = b[n:]
+		switch {
+		case num == 1 && typ == protowire.BytesType:
+			if !utf8.Valid(s) {
+				return nil, errors.New("path is not valid UTF-8")
+			}
+			r.Path = aliasString(s)
+		case num == 2 && typ == protowire.BytesType:
+			r.Value = s[:len(s):len(s)]
+		case num == 3 && typ == protowire.VarintType:
+			ev := int64(v)
+			r.ExpectedVersion = &ev
+		case num == 4 && typ == protowire.VarintType:
+			r.SessionId = int64(v)
+		case num == 5 && typ == protowire.VarintType:
+			r.Sequential = protowire.DecodeBool(v)
+		case num == 6 && typ == protowire.BytesType:
+			if !utf8.Valid(s) {
+				return nil, errors.New("request id is not valid UTF-8")
+			}
+			r.RequestId = aliasString(s)
+		}
+	}
+	return r, nil
+}
+
+// aliasString returns b as a string without copying it; b must never be modified.
+func aliasString(b []byte) string {
+	if len(b) == 0 {
+		return ""
+	}
+	return unsafe.String(unsafe.SliceData(b), len(b))
 }

@@ -8,6 +8,7 @@ package tree
 import (
 	"bytes"
 	"crypto/sha256"
+	"encoding/binary"
 	"fmt"
 	"slices"
 	"strings"
@@ -16,6 +17,7 @@ import (
 	"github.com/berthdev/berth/pkg/raftstore"
 	coordv1 "github.com/berthdev/berth/proto/coord/v1"
 	"github.com/tidwall/btree"
+	"google.golang.org/protobuf/encoding/protowire"
 	"google.golang.org/protobuf/proto"
 )
 
@@ -89,7 +91,7 @@ type Machine struct {
 
 	// mu guards everything below. Apply and Snapshot take it for writing, reads for reading.
 	mu          sync.RWMutex
-	nodes       *btree.BTreeG[*coordv1.Node]
+	nodes       *btree.BTreeG[item]
 	rev         int64
 	seq         int64
 	lastSession int64
@@ -112,11 +114,21 @@ type Stats struct {
 
 var _ raftstore.StateMachine = (*Machine)(nil)
 
-func nodeLess(a, b *coordv1.Node) bool { return PathLess(a.Path, b.Path) }
-
-func newNodes() *btree.BTreeG[*coordv1.Node] {
-	return btree.NewBTreeGOptions(nodeLess, btree.Options{NoLocks: true})
+// item is an entry of the node tree: the path is kept inline next to the node pointer, so
+// that a search compares paths without loading every node it passes (a cache miss each).
+type item struct {
+	path string
+	n    *coordv1.Node
 }
+
+func itemLess(a, b item) bool { return PathLess(a.path, b.path) }
+
+func newNodes() *btree.BTreeG[item] {
+	return btree.NewBTreeGOptions(itemLess, btree.Options{NoLocks: true})
+}
+
+// key is the tree item that finds path.
+func key(path string) item { return item{path: path} }
 
 // New returns an empty machine.
 func New(opts Options) *Machine {
@@ -136,9 +148,10 @@ func New(opts Options) *Machine {
 	}
 }
 
-// Apply applies one committed entry and returns its result: a response message (with
-// header.revision set; callers must not modify it, it may be shared with the request-id
-// table) or an error wrapping one of the package's sentinels.
+// Apply applies one committed entry and returns its result: a response message with
+// header.revision set (or a *PutResult for a fresh put), which the caller owns (the
+// request-id table keeps an encoded copy), or an error wrapping one of the package's
+// sentinels.
 func (m *Machine) Apply(e raftstore.Entry) any {
 	m.mu.Lock()
 	defer m.mu.Unlock()
@@ -151,8 +164,8 @@ func (m *Machine) Apply(e raftstore.Entry) any {
 	body := e.Data[1:]
 	switch cmdType(e.Data[0]) {
 	case cmdPut:
-		req := &coordv1.PutRequest{}
-		if err := proto.Unmarshal(body, req); err != nil {
+		req, err := decodePut(body)
+		if err != nil {
 			return newError(ErrCorrupt, "decode put: %v", err)
 		}
 		return m.deduped(req.RequestId, e.Data, func() any { return m.applyPut(req) })
@@ -248,13 +261,22 @@ func (m *Machine) deduped(id string, data []byte, apply func() any) any {
 			return newError(ErrRequestIDReused, "request id %q was already used for a different request", id)
 		}
 		m.dedupeHits++
-		return ent.result
+		d := decoder{b: ent.enc}
+		res := decodeResult(&d)
+		if d.err != nil {
+			return newError(ErrCorrupt, "request id %q: remembered result: %v", id, d.err)
+		}
+		return res
 	}
 	res := apply()
 	if err, ok := res.(error); ok {
 		res = asApplyError(err)
 	}
-	m.dedupe.put(id, sum, res)
+	enc, err := appendResult(nil, res)
+	if err != nil {
+		return newError(ErrCorrupt, "request id %q: %v", id, err)
+	}
+	m.dedupe.put(id, sum, enc)
 	return res
 }
 
@@ -282,9 +304,14 @@ func (t *txn) commit() int64 {
 
 func (t *txn) put(path string, value []byte, sess int64) *coordv1.Node {
 	m := t.m
-	old, _ := m.nodes.Get(&coordv1.Node{Path: path})
 	n := &coordv1.Node{Path: path, Value: value, Version: 1, CreateRev: t.rev, ModRev: t.rev, Session: sess}
-	if old != nil {
+	// One descent: Set returns the node it replaced, and n is completed from it before
+	// anyone can read it (readers and snapshots wait for Apply's lock; no snapshot taken
+	// before holds n).
+	prev, replaced := m.nodes.Set(item{path: path, n: n})
+	var old *coordv1.Node
+	if replaced {
+		old = prev.n
 		n.Version = old.Version + 1
 		n.CreateRev = old.CreateRev
 		if old.Session != 0 && old.Session != sess {
@@ -296,14 +323,13 @@ func (t *txn) put(path string, value []byte, sess int64) *coordv1.Node {
 	if sess != 0 {
 		m.sessions[sess].nodes[path] = struct{}{}
 	}
-	m.nodes.Set(n)
 	t.events = append(t.events, &coordv1.Event{Type: coordv1.EventType_EVENT_TYPE_PUT, Node: n, PrevNode: old, Revision: t.rev})
 	return n
 }
 
 func (t *txn) delete(old *coordv1.Node) {
 	m := t.m
-	m.nodes.Delete(old)
+	m.nodes.Delete(key(old.Path))
 	if old.Session != 0 {
 		if s := m.sessions[old.Session]; s != nil {
 			delete(s.nodes, old.Path)
@@ -350,8 +376,8 @@ func (m *Machine) checkPutArgs(op, field, path string, value []byte, sess int64,
 }
 
 func (m *Machine) get(path string) *coordv1.Node {
-	n, _ := m.nodes.Get(&coordv1.Node{Path: path})
-	return n
+	it, _ := m.nodes.Get(key(path))
+	return it.n
 }
 
 func versionOf(n *coordv1.Node) int64 {
@@ -388,8 +414,58 @@ func (m *Machine) applyPut(req *coordv1.PutRequest) any {
 		path = t.seqPath(path)
 	}
 	n := t.put(path, req.Value, req.SessionId)
-	rev := t.commit()
-	return &coordv1.PutResponse{Header: &coordv1.ResponseHeader{Revision: rev}, Node: metaOnly(n)}
+	return &PutResult{Revision: t.commit(), Node: n}
+}
+
+// PutResult is what Apply returns for a put that succeeded. Only the member that proposed
+// the put makes a response of it (Response); every member records its encoding in the
+// request-id table without making one.
+type PutResult struct {
+	// Revision is the revision of the put.
+	Revision int64
+	// Node is the node written; it must not be modified.
+	Node *coordv1.Node
+}
+
+// Response returns the PutResponse: header.revision and the node without its value.
+func (r *PutResult) Response() *coordv1.PutResponse {
+	return &coordv1.PutResponse{Header: &coordv1.ResponseHeader{Revision: r.Revision}, Node: metaOnly(r.Node)}
+}
+
+// appendEncoded appends the encoding of Response() (deterministic protobuf) without making
+// it.
+func (r *PutResult) appendEncoded(b []byte) []byte {
+	var hdr [1 + binary.MaxVarintLen64]byte
+	h := hdr[:0]
+	if r.Revision != 0 {
+		h = protowire.AppendTag(h, 1, protowire.VarintType)
+		h = protowire.AppendVarint(h, uint64(r.Revision))
+	}
+	n := r.Node
+	size := 0
+	if n.Path != "" {
+		size += protowire.SizeTag(1) + protowire.SizeBytes(len(n.Path))
+	}
+	for _, v := range []int64{n.Version, n.CreateRev, n.ModRev, n.Session} {
+		if v != 0 {
+			size += protowire.SizeTag(3) + protowire.SizeVarint(uint64(v))
+		}
+	}
+	b = protowire.AppendTag(b, 1, protowire.BytesType)
+	b = protowire.AppendBytes(b, h)
+	b = protowire.AppendTag(b, 2, protowire.BytesType)
+	b = protowire.AppendVarint(b, uint64(size))
+	if n.Path != "" {
+		b = protowire.AppendTag(b, 1, protowire.BytesType)
+		b = protowire.AppendString(b, n.Path)
+	}
+	for i, v := range []int64{n.Version, n.CreateRev, n.ModRev, n.Session} {
+		if v != 0 {
+			b = protowire.AppendTag(b, protowire.Number(3+i), protowire.VarintType)
+			b = protowire.AppendVarint(b, uint64(v))
+		}
+	}
+	return b
 }
 
 func absentNote(v int64) string {
@@ -408,11 +484,11 @@ func (m *Machine) subtree(p string) []*coordv1.Node {
 		}
 	}
 	prefix := subtreePrefix(p)
-	m.nodes.Ascend(&coordv1.Node{Path: prefix}, func(n *coordv1.Node) bool {
-		if len(n.Path) < len(prefix) || n.Path[:len(prefix)] != prefix {
+	m.nodes.Ascend(key(prefix), func(it item) bool {
+		if !strings.HasPrefix(it.path, prefix) {
 			return false
 		}
-		out = append(out, n)
+		out = append(out, it.n)
 		return true
 	})
 	return out
@@ -804,8 +880,8 @@ func (m *Machine) List(path string, recursive, keysOnly bool, limit int) (nodes 
 	pivot := prefix
 	for {
 		var found *coordv1.Node
-		m.nodes.Ascend(&coordv1.Node{Path: pivot}, func(n *coordv1.Node) bool {
-			found = n
+		m.nodes.Ascend(key(pivot), func(it item) bool {
+			found = it.n
 			return false
 		})
 		if found == nil || len(found.Path) <= len(prefix) || found.Path[:len(prefix)] != prefix {

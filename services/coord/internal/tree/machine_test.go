@@ -55,7 +55,30 @@ func (h *harness) put(r *coordv1.PutRequest) (*coordv1.PutResponse, error) {
 	if err, ok := res.(error); ok {
 		return nil, err
 	}
-	return res.(*coordv1.PutResponse), nil
+	if pr, ok := res.(*PutResult); ok {
+		return pr.Response(), nil
+	}
+	return res.(*coordv1.PutResponse), nil // a retry answered from the request-id table
+}
+
+func TestPutResultEncodingIsTheResponses(t *testing.T) {
+	for _, n := range []*coordv1.Node{
+		{Path: "/a", Value: []byte("v"), Version: 1, CreateRev: 5, ModRev: 5},
+		{Path: "/q/job-0000000042", Version: 3, CreateRev: 2, ModRev: 9, Session: 7},
+		{Path: "/neg", Version: 1, CreateRev: 1, ModRev: 1, Session: -1},
+		{Path: ""},
+	} {
+		for _, rev := range []int64{0, 1, 1 << 40} {
+			r := &PutResult{Revision: rev, Node: n}
+			want, err := marshalOpts.Marshal(r.Response())
+			if err != nil {
+				t.Fatal(err)
+			}
+			if got := r.appendEncoded(nil); !bytes.Equal(got, want) {
+				t.Errorf("revision %d node %v: got %x, want %x (proto)", rev, n, got, want)
+			}
+		}
+	}
 }
 
 func (h *harness) mustPut(path, value string) *coordv1.PutResponse {

@@ -2,6 +2,7 @@ package tree
 
 import (
 	"bufio"
+	"bytes"
 	"encoding/binary"
 	"errors"
 	"fmt"
@@ -52,12 +53,12 @@ var crcTable = crc32.MakeTable(crc32.Castagnoli)
 // (O(1) to take: the live tree copies a B-tree node the first time it writes to it after the
 // clone), the other tables are small and copied; nodes and results are immutable and shared.
 type snapshot struct {
-	nodes       *btree.BTreeG[*coordv1.Node]
+	nodes       *btree.BTreeG[item]
 	rev         int64
 	seq         int64
 	lastSession int64
 	sessions    []SessionInfo
-	dedupe      []*dedupeEntry
+	dedupe      []dedupeEntry
 	members     []MemberAttrs
 }
 
@@ -124,8 +125,8 @@ func (s *snapshot) WriteTo(w io.Writer) (int64, error) {
 	buf = binary.AppendVarint(buf, s.lastSession)
 	buf = binary.AppendUvarint(buf, uint64(s.nodes.Len()))
 	rec(recHeader, buf)
-	s.nodes.Scan(func(n *coordv1.Node) bool {
-		buf, err = marshalOpts.MarshalAppend(buf[:0], n)
+	s.nodes.Scan(func(it item) bool {
+		buf, err = marshalOpts.MarshalAppend(buf[:0], it.n)
 		rec(recNode, buf)
 		return err == nil
 	})
@@ -138,7 +139,7 @@ func (s *snapshot) WriteTo(w io.Writer) (int64, error) {
 	for _, e := range s.dedupe {
 		buf = appendString(buf[:0], e.id)
 		buf = append(buf, e.hash[:]...)
-		buf, err = appendResult(buf, e.result)
+		buf = append(buf, e.enc...)
 		rec(recDedupe, buf)
 	}
 	for _, a := range s.members {
@@ -163,16 +164,24 @@ func (s *snapshot) WriteTo(w io.Writer) (int64, error) {
 	return cw.n + int64(len(trailer)), nil
 }
 
+// appendResult encodes a result of the request-id table: a kind byte, then the response
+// message, or an error's kind, message and field.
 func appendResult(b []byte, res any) ([]byte, error) {
 	var kind byte
 	switch r := res.(type) {
 	case *applyError:
 		b = append(b, resError)
 		b = binary.AppendUvarint(b, uint64(kindIndex(r.kind)))
-		return appendString(b, r.msg), nil
+		b = appendString(b, r.msg)
+		return appendString(b, r.field), nil
 	case memberMark:
 		b = append(b, resMemberMark)
 		return binary.AppendUvarint(b, r.index), nil
+	case *PutResult:
+		if b == nil {
+			b = make([]byte, 0, 32+len(r.Node.Path))
+		}
+		return r.appendEncoded(append(b, resPut)), nil
 	case *coordv1.PutResponse:
 		kind = resPut
 	case *coordv1.DeleteResponse:
@@ -186,8 +195,12 @@ func appendResult(b []byte, res any) ([]byte, error) {
 	default:
 		return b, fmt.Errorf("encode result: unexpected type %T", res)
 	}
+	m := res.(proto.Message)
+	if b == nil {
+		b = make([]byte, 0, 1+marshalOpts.Size(m))
+	}
 	b = append(b, kind)
-	return marshalOpts.MarshalAppend(b, res.(proto.Message))
+	return marshalOpts.MarshalAppend(b, m)
 }
 
 func decodeResult(d *decoder) any {
@@ -198,11 +211,15 @@ func decodeResult(d *decoder) any {
 	if kind == resError {
 		idx := d.uvarint()
 		msg := d.string()
+		var field string
+		if len(d.b) > 0 { // written since the field is kept
+			field = d.string()
+		}
 		if idx >= uint64(len(errorKinds)) {
 			d.err = fmt.Errorf("%w: error kind %d", ErrCorrupt, idx)
 			return nil
 		}
-		return &applyError{kind: errorKinds[idx], msg: msg}
+		return &applyError{kind: errorKinds[idx], msg: msg, field: field}
 	}
 	if kind == resMemberMark {
 		return memberMark{index: d.uvarint()}
@@ -281,7 +298,7 @@ func ReadSnapshotInfo(r io.Reader) (rev int64, nodes int, err error) {
 }
 
 type restored struct {
-	nodes       *btree.BTreeG[*coordv1.Node]
+	nodes       *btree.BTreeG[item]
 	rev         int64
 	seq         int64
 	lastSession int64
@@ -347,7 +364,7 @@ func readSnapshot(r io.Reader) (*restored, error) {
 			if err := proto.Unmarshal(buf, nd); err != nil {
 				return nil, fmt.Errorf("%w: node: %v", ErrCorrupt, err)
 			}
-			st.nodes.Set(nd)
+			st.nodes.Load(item{path: nd.Path, n: nd}) // in path order: appended without a search
 		case recSession:
 			// A remaining time relative to an unknown moment is no deadline.
 			s := &session{id: d.varint(), ttlMs: d.varint(), nodes: map[string]struct{}{}}
@@ -361,9 +378,10 @@ func readSnapshot(r io.Reader) (*restored, error) {
 			id := d.string()
 			var h [32]byte
 			copy(h[:], d.bytesN(32))
-			res := decodeResult(&d)
+			enc := d.b
+			decodeResult(&d) // checks it
 			if d.err == nil {
-				st.dedupe.put(id, h, res)
+				st.dedupe.put(id, h, bytes.Clone(enc)) // buf is reused for the next record
 			}
 		case recMember:
 			a := MemberAttrs{ID: d.uvarint(), Name: d.string(), ClientAddr: d.string()}
@@ -375,8 +393,8 @@ func readSnapshot(r io.Reader) (*restored, error) {
 			return nil, fmt.Errorf("record type %d: %w", t, d.err)
 		}
 	}
-	st.nodes.Scan(func(n *coordv1.Node) bool {
-		if n.Session != 0 {
+	st.nodes.Scan(func(it item) bool {
+		if n := it.n; n.Session != 0 {
 			if s := st.sessions[n.Session]; s != nil {
 				s.nodes[n.Path] = struct{}{}
 			}

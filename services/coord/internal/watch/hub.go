@@ -138,18 +138,21 @@ type Hub struct {
 	mu         sync.Mutex
 	rev        int64
 	compactRev int64
+	// hist[histOff:] is the window, oldest first; the dropped front is reused (see
+	// dropLocked) so that a full window costs no allocation per revision.
 	hist       []revEvents
+	histOff    int
 	histEvents int
 	histBytes  int
 	exact      map[string]map[*Watcher]struct{}
 	subtree    map[string]map[*Watcher]struct{}
 	// exactB and subtreeB are Publish's scratch: the batch of each watched path and root.
-	exactB   map[string]*Batch
-	subtreeB map[string]*Batch
-	watchers   int
-	published  uint64
-	overflows  uint64
-	compacted  uint64
+	exactB    map[string]*Batch
+	subtreeB  map[string]*Batch
+	watchers  int
+	published uint64
+	overflows uint64
+	compacted uint64
 }
 
 // NewHub returns a hub at revision rev (events up to rev are not available).
@@ -262,15 +265,26 @@ func (h *Hub) deliverLocked(w *Watcher, b *Batch) {
 
 func (h *Hub) trimLocked() {
 	i := 0
-	for i < len(h.hist)-1 && (h.histEvents > h.opts.HistoryEvents || h.histBytes > h.opts.HistoryBytes) {
-		h.histEvents -= len(h.hist[i].events)
-		h.histBytes -= h.hist[i].size
-		h.compactRev = h.hist[i].rev
-		h.hist[i] = revEvents{}
+	win := h.hist[h.histOff:]
+	for i < len(win)-1 && (h.histEvents > h.opts.HistoryEvents || h.histBytes > h.opts.HistoryBytes) {
+		h.histEvents -= len(win[i].events)
+		h.histBytes -= win[i].size
+		h.compactRev = win[i].rev
 		i++
 	}
-	if i > 0 {
-		h.hist = h.hist[i:]
+	h.dropLocked(i)
+}
+
+// dropLocked drops the n oldest revisions of the window. Once the dropped front is as
+// long as the window, the window moves back to the start of the slice, so appends reuse
+// its capacity instead of reallocating it.
+func (h *Hub) dropLocked(n int) {
+	clear(h.hist[h.histOff : h.histOff+n])
+	h.histOff += n
+	if h.histOff > 64 && h.histOff >= len(h.hist)-h.histOff {
+		k := copy(h.hist, h.hist[h.histOff:])
+		clear(h.hist[k:])
+		h.hist, h.histOff = h.hist[:k], 0
 	}
 }
 
@@ -279,13 +293,13 @@ func (h *Hub) Compact(rev int64) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	i := 0
-	for i < len(h.hist) && h.hist[i].rev <= rev {
-		h.histEvents -= len(h.hist[i].events)
-		h.histBytes -= h.hist[i].size
-		h.hist[i] = revEvents{}
+	win := h.hist[h.histOff:]
+	for i < len(win) && win[i].rev <= rev {
+		h.histEvents -= len(win[i].events)
+		h.histBytes -= win[i].size
 		i++
 	}
-	h.hist = h.hist[i:]
+	h.dropLocked(i)
 	if rev > h.compactRev {
 		h.compactRev = min(rev, h.rev)
 	}
@@ -313,7 +327,7 @@ func (h *Hub) resetLocked(rev int64) {
 	}
 	clear(h.exact)
 	clear(h.subtree)
-	h.hist = nil
+	h.hist, h.histOff = nil, 0
 	h.histEvents, h.histBytes = 0, 0
 	h.rev, h.compactRev = rev, rev
 }
@@ -330,7 +344,7 @@ func (h *Hub) Stats() Stats {
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	return Stats{
-		Watchers: h.watchers, Revision: h.rev, CompactRev: h.compactRev, HistoryRevs: len(h.hist),
+		Watchers: h.watchers, Revision: h.rev, CompactRev: h.compactRev, HistoryRevs: len(h.hist) - h.histOff,
 		Published: h.published, Overflows: h.overflows, CompactedErr: h.compacted,
 	}
 }
@@ -443,11 +457,12 @@ func (w *Watcher) catchUp() ([]*Batch, error) {
 		w.err = &CompactedError{Start: w.next, CompactRevision: h.compactRev, CurrentRevision: h.rev}
 		return nil, nil
 	}
-	i := sort.Search(len(h.hist), func(i int) bool { return h.hist[i].rev >= w.next })
+	win := h.hist[h.histOff:]
+	i := sort.Search(len(win), func(i int) bool { return win[i].rev >= w.next })
 	var out []*Batch
 	n := 0
-	for ; i < len(h.hist); i++ {
-		re := h.hist[i]
+	for ; i < len(win); i++ {
+		re := win[i]
 		var b *Batch
 		for _, e := range re.events {
 			if w.matches(e.Node.Path) {
