@@ -336,7 +336,7 @@ func TestWriteGapAfterLeaderCrash(t *testing.T) {
 func TestBusyLeaderNeverSaysNoQuorum(t *testing.T) {
 	c := startCluster(t, 3, nil) // heartbeat 20ms, election timeout 200ms
 	l := c.leader()
-	ctx, cancel := context.WithTimeout(t.Context(), 4*time.Second)
+	ctx, cancel := context.WithTimeout(t.Context(), 3*time.Second)
 	defer cancel()
 	var mu sync.Mutex
 	var ok int
@@ -373,7 +373,7 @@ func TestBusyLeaderNeverSaysNoQuorum(t *testing.T) {
 	}
 	wg.Wait()
 	t.Logf("raft terms %d -> %d; longest silence of a majority %v, %d ticks (election timeout 200ms, 10 ticks)", term0, l.srv.node.Status().Term, worst.Round(time.Millisecond), worstTicks)
-	t.Logf("%d writes acknowledged in 4s by a saturated leader; failures by reason: %v", ok, failures)
+	t.Logf("%d writes acknowledged in 3s by a saturated leader; failures by reason: %v", ok, failures)
 	if n := failures[coordv1.ErrorReason_ERROR_REASON_NO_QUORUM.String()]; n > 0 {
 		t.Errorf("%d writes refused with NO_QUORUM while both followers were up", n)
 	}

@@ -92,7 +92,9 @@ func newDeployEnv(t *testing.T) *deployEnv {
 	dir := t.TempDir()
 	e := &deployEnv{t: t, dir: dir, agents: map[string]*agentProc{}, deployed: map[string]int{}, sentinel: filepath.Join(dir, "sentinel")}
 	e.nats = natstest.RunServer(t)
-	e.coord = startCoordCluster(t, clusterConfig{binary: coordBin, dir: filepath.Join(dir, "coord"), heartbeat: heartbeat, election: election, requestTimeout: 3 * time.Second})
+	// coord is not under test here: berth-coord's default timings keep it steady on a busy
+	// machine, so that the faults are the suite's own.
+	e.coord = startCoordCluster(t, clusterConfig{binary: coordBin, dir: filepath.Join(dir, "coord"), heartbeat: 100 * time.Millisecond, election: time.Second, requestTimeout: 5 * time.Second})
 	cc, err := coordclient.New(t.Context(), coordclient.Config{Endpoints: e.coord.clientEndpoints(), RequestTimeout: 5 * time.Second})
 	if err != nil {
 		t.Fatal(err)
@@ -247,7 +249,7 @@ func (e *deployEnv) startController(name string, extra ...string) *ctrlProc {
 	p.cmd = exec.Command(bin,
 		"--listen", addr, "--replica", name, "--nats", e.nats.URL(),
 		"--coord", strings.Join(e.coord.clientEndpoints(), ","),
-		"--session-ttl", "1s", "--retry-backoff", "50ms", "--retry-backoff-max", "1s",
+		"--session-ttl", "2s", "--retry-backoff", "50ms", "--retry-backoff-max", "1s",
 		"--poll-interval", "1s", "--result-grace", "2s", "--step-request-timeout", "2s",
 		"--ensure-streams=false", "--log-format", "text", "--log-level", "debug")
 	p.cmd.Args = append(p.cmd.Args, extra...)

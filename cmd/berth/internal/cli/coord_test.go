@@ -369,6 +369,10 @@ func TestCoordCLICluster(t *testing.T) {
 	if got := mustCoord(t, m2.clientAddr, nil, "get", "/berth/hosts/h1"); got != "rack-1" {
 		t.Fatalf("get on the new member: got %q", got)
 	}
+	// The new member's name reaches the member list once it has announced itself.
+	for deadline := time.Now().Add(10 * time.Second); !strings.Contains(mustCoord(t, addr, nil, "members"), "n2") && time.Now().Before(deadline); {
+		time.Sleep(50 * time.Millisecond)
+	}
 	if got := mustCoord(t, addr, nil, "member", "remove", "n2"); !strings.Contains(got, "removed member n2") || strings.Contains(got, peer2.Addr().String()) {
 		t.Fatalf("member remove: got %q", got)
 	}
