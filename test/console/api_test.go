@@ -222,11 +222,14 @@ func TestConsoleAPI(t *testing.T) {
 		deadline := time.Now().Add(20 * time.Second)
 		for {
 			err := getJSON(t.Context(), b.controller+"/v1/names/resolve/capi/web?dc=dev&explain=true", &res)
-			if err == nil && len(res.Instances) == 2 {
+			// Both instances are registered; with same-DC priority a client in dev gets the
+			// dev instance, so the proof that this is berth dev's own name service is its
+			// explanation counting both.
+			if err == nil && len(res.Instances) >= 1 && strings.Contains(strings.Join(res.Explain, " "), "2 registered") {
 				break
 			}
 			if time.Now().After(deadline) {
-				t.Fatalf("resolve capi/web through the controller: got %+v, %v; want 2 instances (berth dev's name service is at %s: does berth dev give the controller its names_url?)",
+				t.Fatalf("resolve capi/web through the controller: got %+v, %v; want an answer from 2 registered instances (berth dev's name service is at %s: does berth dev give the controller its names_url?)",
 					res, err, b.namesAPI)
 			}
 			time.Sleep(200 * time.Millisecond)

@@ -439,8 +439,10 @@ func (a *API) addCallback(w http.ResponseWriter, r *http.Request) {
 	if a.runCtx != nil {
 		a.startLocked(cb)
 	}
+	// The delivery goroutine counts calls under mu: reply with a copy taken under it.
+	view := callback{ID: cb.ID, Service: cb.Service, URL: cb.URL, Calls: cb.Calls, Failures: cb.Failures}
 	a.mu.Unlock()
-	a.reply(w, ep, http.StatusCreated, cb)
+	a.reply(w, ep, http.StatusCreated, &view)
 }
 
 func (a *API) listCallbacks(w http.ResponseWriter, _ *http.Request) {
