@@ -505,7 +505,8 @@ func (s *Server) followLeadership(ctx context.Context) error {
 }
 
 // leaderLoop drives the lessor while this member leads (promotion, session expiries and
-// TTL checkpoints) and announces this member's client address once.
+// recording deadlines of sessions that have none) and announces this member's client
+// address once.
 func (s *Server) leaderLoop(ctx context.Context) error {
 	announced := false
 	timer := time.NewTimer(0)
@@ -535,7 +536,8 @@ func (s *Server) stillLeader(term uint64) bool {
 }
 
 // promote makes the lessor the leader's for term once every entry of the earlier terms is
-// applied (a ReadIndex barrier), then proposes the promotion checkpoint. Nothing is
+// applied (a ReadIndex barrier), then records deadlines for the sessions that have none
+// (opened or checkpointed by an older version). Nothing is
 // promoted when the member lost that leadership meanwhile or is stopping.
 func (s *Server) promote(ctx context.Context, term uint64) {
 	rctx, cancel := context.WithTimeout(ctx, s.cfg.RequestTimeout)
@@ -602,6 +604,7 @@ func (s *Server) trackReplay(ctx context.Context) error {
 	return nil
 }
 
+// proposeCheckpoints records session deadlines decided by the leader of term.
 func (s *Server) proposeCheckpoints(ctx context.Context, term uint64, cps []session.Checkpoint) {
 	if len(cps) == 0 {
 		return

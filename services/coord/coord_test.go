@@ -199,7 +199,8 @@ func TestClusterReadsWritesAndErrors(t *testing.T) {
 		}
 	}
 	// 1 MiB values are fine; nothing of the refused requests was applied.
-	if _, err := f.api.Put(ctx, &coordv1.PutRequest{Path: "/mid", Value: big[:1<<20]}); err != nil {
+	// (With a request id, so that a spurious election on a loaded machine is retried.)
+	if _, err := f.api.Put(ctx, &coordv1.PutRequest{Path: "/mid", Value: big[:1<<20], RequestId: "mid"}); err != nil {
 		t.Errorf("1 MiB put: %v", err)
 	}
 	st, err := l.api.Status(ctx, &coordv1.StatusRequest{})

@@ -31,13 +31,13 @@ func newMetrics(reg prometheus.Registerer, s *Server) (*metrics, error) {
 		expired: prometheus.NewCounter(prometheus.CounterOpts{Namespace: ns, Subsystem: sub,
 			Name: "sessions_expired_total", Help: "Sessions this member expired as leader."}),
 		checkpoints: prometheus.NewCounter(prometheus.CounterOpts{Namespace: ns, Subsystem: sub,
-			Name: "session_checkpoints_total", Help: "Session TTL checkpoint records this member proposed as leader."}),
+			Name: "session_checkpoints_total", Help: "Session deadlines this member recorded as leader (one per answered keepalive)."}),
 		keepalives: prometheus.NewCounter(prometheus.CounterOpts{Namespace: ns, Subsystem: sub,
 			Name: "session_keepalives_total", Help: "Session keepalives served by this member as leader."}),
 		watchEventsSent: prometheus.NewCounter(prometheus.CounterOpts{Namespace: ns, Subsystem: sub,
 			Name: "watch_events_sent_total", Help: "Events sent to watch streams."}),
 		quorumLost: prometheus.NewCounter(prometheus.CounterOpts{Namespace: ns, Subsystem: sub,
-			Name: "quorum_lost_total", Help: "Times this member, leading, went an election timeout without confirming a quorum."}),
+			Name: "quorum_lost_total", Help: "Times this member, leading, went an election timeout without hearing from a majority."}),
 	}
 	gauge := func(name, help string, f func() float64) prometheus.Collector {
 		return prometheus.NewGaugeFunc(prometheus.GaugeOpts{Namespace: ns, Subsystem: sub, Name: name, Help: help}, f)

@@ -24,7 +24,7 @@ var (
 	ErrSessionNotFound = errors.New("coord: session not found")
 	// ErrRequestIDReused is a request id seen before with a different request.
 	ErrRequestIDReused = errors.New("coord: request id reused for a different request")
-	// ErrStaleTerm is a leader-only command (session expiry, TTL checkpoint) committed in
+	// ErrStaleTerm is a leader-only command (session expiry, deadline record) committed in
 	// another term than the one whose leader decided it; it is ignored.
 	ErrStaleTerm = errors.New("coord: command from a stale leader term")
 	// ErrCorrupt is an entry or snapshot that cannot be decoded.
