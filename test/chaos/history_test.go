@@ -215,8 +215,9 @@ func (c checkResult) String() string {
 }
 
 // check runs porcupine on every key's history with a time budget each, two at a time,
-// and writes a visualization of every illegal history to artifacts.
-func (r *recorder) check(budget time.Duration, artifacts string) checkResult {
+// and writes a visualization of every illegal history to the directory artifacts returns
+// (called only when there is one).
+func (r *recorder) check(budget time.Duration, artifacts func() string) checkResult {
 	start := time.Now()
 	hs := r.histories()
 	r.mu.Lock()
@@ -251,8 +252,8 @@ func (r *recorder) check(budget time.Duration, artifacts string) checkResult {
 			switch out {
 			case porcupine.Illegal:
 				res.violations = append(res.violations, key)
-				if artifacts != "" {
-					file := filepath.Join(artifacts, strings.ReplaceAll(strings.Trim(key, "/"), "/", "_")+".html")
+				if dir := artifacts(); dir != "" {
+					file := filepath.Join(dir, strings.ReplaceAll(strings.Trim(key, "/"), "/", "_")+".html")
 					if err := porcupine.VisualizePath(kvModel, info, file); err == nil {
 						res.visualizations = append(res.visualizations, file)
 					}
@@ -269,11 +270,14 @@ func (r *recorder) check(budget time.Duration, artifacts string) checkResult {
 	return res
 }
 
-// artifactDir returns a directory that outlives the test for visualizations.
-func artifactDir(name string) string {
-	dir, err := os.MkdirTemp("", "berth-chaos-"+strings.ReplaceAll(name, "/", "_")+"-*")
-	if err != nil {
-		return ""
-	}
-	return dir
+// artifactDir returns a function that makes, on its first call, a directory that
+// outlives the test for visualizations, and returns it ("" when it cannot be made).
+func artifactDir(name string) func() string {
+	return sync.OnceValue(func() string {
+		dir, err := os.MkdirTemp("", "berth-chaos-"+strings.ReplaceAll(name, "/", "_")+"-*")
+		if err != nil {
+			return ""
+		}
+		return dir
+	})
 }
