@@ -112,6 +112,11 @@ func scanSegment(data []byte, last bool, fn func(off int64, typ recordType, payl
 	for off < len(data) {
 		typ, payload, size, derr := decodeRecord(data[off:])
 		if derr != nil {
+			if allZero(data[off:]) {
+				// Preallocated space never written (no record has an all-zero header: its
+				// checksum would not match): the clean end of the segment.
+				return int64(off), false, nil
+			}
 			if last && isTornTail(data, off, derr) {
 				return int64(off), true, nil
 			}

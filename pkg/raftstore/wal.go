@@ -305,9 +305,15 @@ func openWAL(dir string, clusterID, nodeID uint64, segmentBytes int64, m *metric
 	}
 	w.hardState = st.hardState
 	w.snap = st.snapshot
-	f, err := os.OpenFile(segs[len(segs)-1].path, os.O_WRONLY|os.O_APPEND, 0)
+	f, err := os.OpenFile(segs[len(segs)-1].path, os.O_WRONLY, 0)
 	if err != nil {
 		return nil, nil, fmt.Errorf("open wal segment %s: %w", segs[len(segs)-1].path, err)
+	}
+	if w.size < w.segmentBytes {
+		if err := preallocate(f, w.segmentBytes); err != nil {
+			f.Close()
+			return nil, nil, fmt.Errorf("preallocate wal segment %s: %w", f.Name(), err)
+		}
 	}
 	w.f = f
 	return w, st, nil
@@ -379,9 +385,19 @@ func (w *wal) newSegment(seq, firstIndex uint64) error {
 	if err := syncDir(w.dir); err != nil {
 		return fmt.Errorf("create wal segment %s: %w", path, err)
 	}
-	f, err := os.OpenFile(path, os.O_WRONLY|os.O_APPEND, 0)
+	f, err := os.OpenFile(path, os.O_WRONLY, 0)
 	if err != nil {
 		return fmt.Errorf("open wal segment %s: %w", path, err)
+	}
+	// Records are written at w.size into preallocated space (see preallocate); the space
+	// past the last record reads as zeros, which recovery takes for the end.
+	if err := preallocate(f, w.segmentBytes); err != nil {
+		f.Close()
+		return fmt.Errorf("preallocate wal segment %s: %w", path, err)
+	}
+	if err := f.Sync(); err != nil {
+		f.Close()
+		return fmt.Errorf("preallocate wal segment %s: %w", path, err)
 	}
 	w.f = f
 	w.size = int64(len(b))
@@ -422,7 +438,7 @@ func (w *wal) save(hs *raftpb.HardState, ents []*raftpb.Entry, snap *walSnapshot
 	if len(b) == 0 {
 		return nil
 	}
-	if _, err := w.f.Write(b); err != nil {
+	if _, err := w.f.WriteAt(b, w.size); err != nil {
 		return fmt.Errorf("write wal %s: %w", w.f.Name(), err)
 	}
 	w.size += int64(len(b))
@@ -467,7 +483,7 @@ func (w *wal) sync() error {
 
 // roll closes the open segment and starts the next one.
 func (w *wal) roll() error {
-	if err := w.sync(); err != nil {
+	if err := w.trimAndSync(); err != nil {
 		return err
 	}
 	if err := w.f.Close(); err != nil {
@@ -507,12 +523,22 @@ func (w *wal) removeFirst(n int) error {
 	return syncDir(w.dir)
 }
 
-// close syncs and closes the open segment.
+// trimAndSync cuts the open segment's unused preallocated space and makes everything
+// durable: a closed segment ends with its last record.
+func (w *wal) trimAndSync() error {
+	if err := w.f.Truncate(w.size); err != nil {
+		return fmt.Errorf("trim wal segment %s: %w", w.f.Name(), err)
+	}
+	w.dirty = true // the size changed
+	return w.sync()
+}
+
+// close trims, syncs and closes the open segment.
 func (w *wal) close() error {
 	if w.f == nil {
 		return nil
 	}
-	err := w.sync()
+	err := w.trimAndSync()
 	if cerr := w.f.Close(); err == nil && cerr != nil {
 		err = fmt.Errorf("close wal segment %s: %w", w.f.Name(), cerr)
 	}

@@ -439,3 +439,63 @@ func TestWALLeftoverTempSegmentIgnored(t *testing.T) {
 		t.Fatalf("leftover temp segment: got %v, want it removed", err)
 	}
 }
+
+func TestWALPreallocatedSegments(t *testing.T) {
+	dir := t.TempDir()
+	const segBytes = 1 << 20
+	w := newTestWAL(t, dir, segBytes)
+	if err := w.save(hardState(1, 1, 3), span(1, 5, 1), nil, true); err != nil {
+		t.Fatal(err)
+	}
+	path := onlySegment(t, dir)
+	fi, err := os.Stat(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if fi.Size() != segBytes || w.size >= segBytes {
+		t.Fatalf("open segment: file size %d, written %d; want the file preallocated to %d", fi.Size(), w.size, segBytes)
+	}
+	// A crash leaves the preallocated zeros after the last record: recovery takes them
+	// for the end, not for damage, and keeps the space.
+	w.f.Close()
+	w2, st, err := openWAL(dir, testClusterID, testNodeID, segBytes, testMetrics(t), discardLogger())
+	if err != nil {
+		t.Fatalf("open after a crash: %v", err)
+	}
+	if got := entryIndexes(st.entries); got != "1/1 2/1 3/1 4/1 5/1" {
+		t.Fatalf("entries after a crash: got %s", got)
+	}
+	if fi, _ := os.Stat(path); fi.Size() != segBytes {
+		t.Errorf("file size after recovery: got %d, want %d (still preallocated)", fi.Size(), segBytes)
+	}
+	// Appends land after the last record, and a full segment is trimmed when it closes.
+	big := make([]*raftpb.Entry, 0, 200)
+	for i := uint64(6); i < 206; i++ {
+		big = append(big, ent(i, 2, strings.Repeat("x", 8<<10)))
+	}
+	if err := w2.save(nil, big, nil, true); err != nil {
+		t.Fatal(err)
+	}
+	segs, err := listSegments(dir)
+	if err != nil || len(segs) < 2 {
+		t.Fatalf("segments after 1.6 MiB in 1 MiB segments: got %d (%v), want at least 2", len(segs), err)
+	}
+	closed := segs[len(segs)-2].path
+	data, err := os.ReadFile(closed)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if end, torn, err := scanSegment(data, false, func(int64, recordType, []byte) error { return nil }); err != nil || torn || end != int64(len(data)) {
+		t.Errorf("closed segment: valid records end at %d of %d bytes (torn %v, %v), want it to end with its last record", end, len(data), torn, err)
+	}
+	if err := w2.close(); err != nil {
+		t.Fatal(err)
+	}
+	_, st, err = openTestWAL(t, dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if n := len(st.entries); n != 205 || st.entries[n-1].GetIndex() != 205 {
+		t.Fatalf("entries after reopen: got %d ending at %d, want 205", n, st.entries[n-1].GetIndex())
+	}
+}

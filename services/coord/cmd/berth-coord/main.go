@@ -10,7 +10,6 @@ import (
 	"log/slog"
 	"os"
 	"os/signal"
-	"runtime/debug"
 	"strconv"
 	"syscall"
 	"time"
@@ -47,7 +46,6 @@ func run() int {
 	fs.StringVar(&cfg.PeerTLS.Key, "peer-key-file", "", "peer TLS key")
 	fs.StringVar(&cfg.PeerTLS.TrustedCA, "peer-trusted-ca-file", "", "CA that peer certificates must chain to")
 	restore := fs.String("restore-snapshot", "", "seed the empty --data-dir from this snapshot file, then start")
-	gcPercent := fs.Int("gc-percent", 200, "Go GC target percentage (debug.SetGCPercent); ignored when $GOGC is set")
 	logFormat := fs.String("log-format", "json", "log format: json or text")
 	if err := fs.Parse(os.Args[1:]); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
@@ -60,15 +58,6 @@ func run() int {
 	cfg.RequestTimeout = time.Duration(*rt) * time.Millisecond
 	cfg.SnapshotEntries = *snapEntries
 	cfg.MaxClockSkew = time.Duration(*skew) * time.Millisecond
-	if *gcPercent < 25 {
-		fmt.Fprintf(os.Stderr, "berth-coord: --gc-percent %d: want at least 25\n", *gcPercent)
-		return 2
-	}
-	if os.Getenv("GOGC") == "" {
-		// The store's garbage is mostly short-lived request data: a higher target trades
-		// heap headroom for collector CPU (about half of it at 200).
-		debug.SetGCPercent(*gcPercent)
-	}
 	if *clusterID != "" {
 		id, err := strconv.ParseUint(*clusterID, 16, 64)
 		if err != nil {
