@@ -254,6 +254,8 @@ func (m *Manager) Add(ctx context.Context, spec Spec, healthy bool) (string, err
 		in.tracker = health.NewTracker(p)
 	}
 	in.verdict = in.tracker.Verdict()
+	verdict := in.verdict // in is shared with Run's goroutines once it is in m.insts
+	m.metrics.instances.WithLabelValues(verdict.String()).Inc()
 	key := spec.Service + "/" + id
 	m.mu.Lock()
 	old := m.insts[key]
@@ -262,8 +264,7 @@ func (m *Manager) Add(ctx context.Context, spec Spec, healthy bool) (string, err
 	if old != nil {
 		m.stop(old)
 	}
-	m.metrics.instances.WithLabelValues(in.verdict.String()).Inc()
-	if in.verdict == health.Healthy {
+	if verdict == health.Healthy {
 		m.log.Info("instance healthy", "service", spec.Service, "instance", id, "version", spec.Version, "origin", spec.Origin)
 		if healthy {
 			m.report(in, EventHealthy, "unknown", "health passed before registration")
