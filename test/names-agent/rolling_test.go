@@ -215,6 +215,12 @@ templates:
 			switch cur.GetStatus().GetState() {
 			case "succeeded":
 				if !cur.GetStatus().GetDraining() {
+					// The health gate waited for each new instance in the name service.
+					for _, tg := range cur.GetTargets() {
+						if strings.Contains(tg.GetMessage(), "no name-service check") {
+							t.Fatalf("target %s of %s skipped the name-service health gate: %s", tg.GetHost(), version, tg.GetMessage())
+						}
+					}
 					return
 				}
 			case "failed", "aborted", "rolled_back":

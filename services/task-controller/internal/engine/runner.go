@@ -93,6 +93,13 @@ type vol struct {
 	newAttempt bool
 	// lastOutput is when progress output last made the target dirty.
 	lastOutput time.Time
+	// instanceWait is set while the health gate waits for the target's instance to be
+	// healthy in the name service (gate.go), until instanceDeadline; okMessage is the
+	// message the target keeps when it is. A new leader does not know of the wait: it runs
+	// the health step again, which leads back to it.
+	instanceWait     bool
+	instanceDeadline time.Time
+	okMessage        string
 }
 
 // runner runs one deployment or task. Its state is owned by its goroutine (run).
@@ -869,6 +876,10 @@ func (r *runner) sweep(now time.Time) {
 				continue
 			}
 			t.HealthCheckAt = nil
+			if v.instanceWait {
+				r.checkInstance(now, i)
+				continue
+			}
 			r.startStep(now, i, KindHealth)
 			s = t.GetStep()
 		}
@@ -1128,11 +1139,11 @@ func (r *runner) stepOK(now time.Time, i int, res *agentv1.StepResult) {
 			r.touchHard(i)
 			return
 		}
-		r.endTarget(now, i, model.TargetSucceeded, "", res.GetMessage())
+		r.gateInstance(now, i, res.GetMessage())
 	case KindHealth:
 		healthy, why := parseStatus(res.GetOutput())
 		if healthy {
-			r.endTarget(now, i, model.TargetSucceeded, "", "healthy after min_healthy_time")
+			r.gateInstance(now, i, "healthy after min_healthy_time")
 			return
 		}
 		r.endTarget(now, i, model.TargetFailed, model.ClassApplication, "not healthy after min_healthy_time: "+why)
