@@ -16,7 +16,7 @@ import (
 
 	inventoryv1 "github.com/berthdev/berth/proto/inventory/v1"
 	"github.com/berthdev/berth/proto/subjects"
-	"github.com/berthdev/berth/services/cmdb-sync/internal/ippool"
+	"github.com/berthdev/berth/pkg/ippool"
 	"github.com/berthdev/berth/services/cmdb-sync/internal/source"
 )
 

@@ -12,7 +12,7 @@ import (
 
 	inventoryv1 "github.com/berthdev/berth/proto/inventory/v1"
 	"github.com/berthdev/berth/services/scheduler/internal/constraint"
-	"github.com/berthdev/berth/services/scheduler/internal/ippool"
+	"github.com/berthdev/berth/pkg/ippool"
 )
 
 // Code classifies a plugin's verdict.

@@ -23,7 +23,7 @@ import (
 
 	inventoryv1 "github.com/berthdev/berth/proto/inventory/v1"
 	"github.com/berthdev/berth/services/scheduler/internal/framework"
-	"github.com/berthdev/berth/services/scheduler/internal/ippool"
+	"github.com/berthdev/berth/pkg/ippool"
 )
 
 // Options tune an Index.

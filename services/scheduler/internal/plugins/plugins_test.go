@@ -9,7 +9,7 @@ import (
 	inventoryv1 "github.com/berthdev/berth/proto/inventory/v1"
 	"github.com/berthdev/berth/services/scheduler/internal/constraint"
 	"github.com/berthdev/berth/services/scheduler/internal/framework"
-	"github.com/berthdev/berth/services/scheduler/internal/ippool"
+	"github.com/berthdev/berth/pkg/ippool"
 )
 
 func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }

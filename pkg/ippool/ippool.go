@@ -1,6 +1,6 @@
-// Package ippool parses a host's container address pool (CIDRs and inclusive ranges) so
-// that cmdb-sync can refuse bad and overlapping pools. It is a copy of the scheduler's
-// package of the same name (services do not import each other); keep the two in step.
+// Package ippool parses a host's container address pool (CIDRs and inclusive ranges) and
+// hands out its addresses: the lowest address of the pool that is not in use. cmdb-sync
+// uses it to refuse bad and overlapping pools, the scheduler to allocate.
 package ippool
 
 import (
