@@ -1,10 +1,13 @@
 // Package admin serves the operational endpoints every Berth binary has: /metrics from an
 // injected Prometheus registry (never the global one), /healthz (the process is serving) and
-// /readyz (every named readiness check passes).
+// /readyz (every named readiness check passes). UseTLS makes it serve HTTPS (mutual TLS when
+// the configuration requires client certificates) and Wrap puts a middleware in front of
+// every route.
 package admin
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"net"
@@ -30,6 +33,8 @@ type Server struct {
 	mu     sync.Mutex
 	checks map[string]Check
 	lis    net.Listener
+	tls    *tls.Config
+	wrap   []func(http.Handler) http.Handler
 }
 
 // New returns a server that will listen on addr (host:port; port 0 picks one) and serve the
@@ -56,6 +61,29 @@ func (s *Server) AddCheck(name string, c Check) {
 // Handle adds a handler to the admin mux (debug endpoints, say).
 func (s *Server) Handle(pattern string, h http.Handler) { s.mux.Handle(pattern, h) }
 
+// UseTLS makes the server serve HTTPS with cfg (nil: plaintext); a plaintext client is
+// refused. It must be called before Listen.
+func (s *Server) UseTLS(cfg *tls.Config) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.tls = cfg
+}
+
+// TLS returns the configuration UseTLS set, nil when the server is plaintext.
+func (s *Server) TLS() *tls.Config {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.tls
+}
+
+// Wrap puts mw in front of every route (the metrics and health ones too); the middleware
+// given last is the outermost. It must be called before Run.
+func (s *Server) Wrap(mw func(http.Handler) http.Handler) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.wrap = append(s.wrap, mw)
+}
+
 // Listen binds the address now, so that the caller can print it before Run. Run calls it
 // when the caller did not.
 func (s *Server) Listen() (net.Addr, error) {
@@ -68,6 +96,9 @@ func (s *Server) Listen() (net.Addr, error) {
 	if err != nil {
 		return nil, fmt.Errorf("admin listen %s: %w", s.addr, err)
 	}
+	if s.tls != nil {
+		lis = tls.NewListener(lis, s.tls)
+	}
 	s.lis = lis
 	return lis.Addr(), nil
 }
@@ -77,7 +108,13 @@ func (s *Server) Run(ctx context.Context) error {
 	if _, err := s.Listen(); err != nil {
 		return err
 	}
-	srv := &http.Server{Handler: s.mux, ReadHeaderTimeout: 10 * time.Second}
+	var h http.Handler = s.mux
+	s.mu.Lock()
+	for _, mw := range s.wrap {
+		h = mw(h)
+	}
+	s.mu.Unlock()
+	srv := &http.Server{Handler: h, ReadHeaderTimeout: 10 * time.Second}
 	errc := make(chan error, 1)
 	go func() { errc <- srv.Serve(s.lis) }()
 	select {

@@ -77,6 +77,10 @@ type Config struct {
 	CredsFile string
 	// NKeySeedFile logs in with an nkey whose seed is in this file.
 	NKeySeedFile string
+	// InboxPrefix, when set, replaces _INBOX as the prefix of this connection's reply
+	// subjects, so that a server can allow each user to subscribe to its own replies only
+	// (<prefix>.>) instead of everyone's.
+	InboxPrefix string
 	// ConnectTimeout bounds each attempt to reach a server when connecting; Connect fails
 	// once every server has been tried once. Zero means DefaultConnectTimeout.
 	ConnectTimeout time.Duration
@@ -124,6 +128,11 @@ func (c Config) Validate() error {
 	}
 	if auth > 1 {
 		return errors.New("natsbus config: more than one of user, token, creds file and nkey seed file")
+	}
+	if c.InboxPrefix != "" {
+		if err := checkSubject(c.InboxPrefix, false); err != nil || strings.HasPrefix(c.InboxPrefix, "$") {
+			return fmt.Errorf("natsbus config: inbox prefix %q: want subject tokens without wildcards, not starting with $", c.InboxPrefix)
+		}
 	}
 	if c.ConnectTimeout < 0 || c.ReconnectWait < 0 || c.RequestTimeout < 0 {
 		return errors.New("natsbus config: negative timeout")
@@ -227,6 +236,9 @@ func Connect(ctx context.Context, cfg Config) (*Bus, error) {
 	}
 	if cfg.TLS != nil {
 		opts = append(opts, nats.Secure(cfg.TLS))
+	}
+	if cfg.InboxPrefix != "" {
+		opts = append(opts, nats.CustomInboxPrefix(cfg.InboxPrefix))
 	}
 	switch {
 	case cfg.User != "":

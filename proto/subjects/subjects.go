@@ -144,10 +144,15 @@ func ImageEvent(typ, service string) (string, error) {
 	return serviceSubject("events.image", typ, service)
 }
 
-// AuditEvent is the subject of an audit record; result is allowed or denied.
+// AuditEvent is the subject of an audit record; result is allowed or denied. A request
+// that names no service is recorded under NoService.
 func AuditEvent(result, service string) (string, error) {
 	return serviceSubject("events.audit", result, service)
 }
+
+// NoService stands for the service path of an audit record whose request names no service
+// (berth.v1.events.audit.denied._). It is never a valid service path segment.
+const NoService = "_"
 
 // AllocEvent is the subject of an allocation event.
 func AllocEvent(typ, service string) (string, error) {

@@ -1,12 +1,12 @@
 // Package agent is berth-agent, the client on every host (DESIGN §1, §5, §7): it answers
 // step requests from controllers over NATS, runs task plugins (executables from its local
-// plugin directories and the built-in package-deploy plugin) exactly once per step across
-// its own restarts, streams their output and publishes their results, and keeps its
-// presence and fingerprint in coord (/berth/alive/<host>, ephemeral in its session). It
-// registers the instances of the apps on its host in the same session once their health
-// checks pass, keeps checking them, renders their configuration templates from the name
-// service's views, drains them before they stop, and serves a local caching DNS resolver
-// and a local HTTP name API from the same views.
+// plugin directories and the built-in package-deploy and container-deploy plugins) exactly
+// once per step across its own restarts, streams their output and publishes their results,
+// and keeps its presence and fingerprint in coord (/berth/alive/<host>, ephemeral in its
+// session). It registers the instances of the apps on its host in the same session once
+// their health checks pass, keeps checking them, renders their configuration templates
+// from the name service's views, drains them before they stop, and serves a local caching
+// DNS resolver and a local HTTP name API from the same views.
 //
 // Embedding (berth dev):
 //
@@ -37,6 +37,8 @@ import (
 	agentv1 "github.com/berthdev/berth/proto/agent/v1"
 	"github.com/berthdev/berth/services/agent/internal/apps"
 	"github.com/berthdev/berth/services/agent/internal/configkeys"
+	"github.com/berthdev/berth/services/agent/internal/ctrdeploy"
+	"github.com/berthdev/berth/services/agent/internal/docker"
 	"github.com/berthdev/berth/services/agent/internal/hostinfo"
 	"github.com/berthdev/berth/services/agent/internal/instances"
 	"github.com/berthdev/berth/services/agent/internal/journal"
@@ -194,8 +196,12 @@ func (a *Agent) Run(ctx context.Context) error {
 
 	bus := a.deps.Bus
 	if bus == nil {
-		bus, err = natsbus.Connect(ctx, natsbus.Config{URLs: a.cfg.NATSURLs(), Name: "berth-agent/" + a.cfg.HostID,
-			Logger: a.log, Registerer: a.reg})
+		ncfg := natsbus.Config{URLs: a.cfg.NATSURLs(), Name: "berth-agent/" + a.cfg.HostID,
+			Logger: a.log, Registerer: a.reg}
+		if err := a.cfg.NATSAuth.Apply(&ncfg); err != nil {
+			return err
+		}
+		bus, err = natsbus.Connect(ctx, ncfg)
 		if err != nil {
 			return err
 		}
@@ -209,7 +215,11 @@ func (a *Agent) Run(ctx context.Context) error {
 	store := a.deps.Presence
 	coord := a.deps.Coord
 	if coord == nil && len(a.cfg.CoordEndpoints()) > 0 {
-		cc, err := coordclient.New(ctx, coordclient.Config{Endpoints: a.cfg.CoordEndpoints(), Logger: a.log})
+		coordTLS, err := a.cfg.CoordTLS.ClientTLS("")
+		if err != nil {
+			return fmt.Errorf("coord_tls: %w", err)
+		}
+		cc, err := coordclient.New(ctx, coordclient.Config{Endpoints: a.cfg.CoordEndpoints(), Logger: a.log, TLS: coordTLS})
 		if err != nil {
 			return fmt.Errorf("connect to coord %v: %w", a.cfg.CoordEndpoints(), err)
 		}
@@ -308,7 +318,19 @@ func (a *Agent) Run(ctx context.Context) error {
 	}
 	hostApps.Resume(ctx, running)
 	hostApps.LoadStatic(ctx)
-	builtins, err := plugin.NewRegistry(deploy)
+	builtinList := []plugin.Builtin{deploy}
+	containers, engine, err := a.containers(ctx, inst, hostApps)
+	if err != nil {
+		return err
+	}
+	if engine != nil {
+		// Closed after every part stopped (the instance checks use it).
+		defer engine.Close()
+	}
+	if containers != nil {
+		builtinList = append(builtinList, containers)
+	}
+	builtins, err := plugin.NewRegistry(builtinList...)
 	if err != nil {
 		return err
 	}
@@ -356,7 +378,11 @@ func (a *Agent) Run(ctx context.Context) error {
 	}
 	var api *nameapi.API
 	if a.cfg.NameAPIListen != "" {
-		api, err = nameapi.New(nameapi.Config{Listen: a.cfg.NameAPIListen, DC: a.cfg.DC, Logger: a.log, Registerer: a.reg}, follower)
+		apiTLS, err := a.cfg.nameAPITLS()
+		if err != nil {
+			return err
+		}
+		api, err = nameapi.New(nameapi.Config{Listen: a.cfg.NameAPIListen, DC: a.cfg.DC, Logger: a.log, Registerer: a.reg, TLS: apiTLS}, follower)
 		if err != nil {
 			return err
 		}
@@ -379,6 +405,11 @@ func (a *Agent) Run(ctx context.Context) error {
 			return errors.New("agent: listen_metrics is set but the Registerer given is not a Gatherer; pass Deps.Gatherer")
 		}
 		srv = admin.New(a.cfg.ListenMetrics, a.gat)
+		httpTLS, err := a.cfg.HTTPTLS.ServerTLS()
+		if err != nil {
+			return fmt.Errorf("http_tls: %w", err)
+		}
+		srv.UseTLS(httpTLS)
 		srv.AddCheck("steps", steps.Ready)
 		addr, err := srv.Listen()
 		if err != nil {
@@ -416,6 +447,49 @@ func (a *Agent) Run(ctx context.Context) error {
 	}
 	a.log.Info("agent started", "version", version(), "data_dir", a.cfg.DataDir, "plugins", runner.Available(), "nats", bus.URL())
 	return g.Run(ctx)
+}
+
+// containers makes the container-deploy plugin when it is enabled — with containers.enabled
+// auto, when the engine answers a ping now — and adopts the containers it made before:
+// running ones are registered again once healthy. It returns nil and nil when the plugin is
+// off; the engine client, when returned, is the caller's to close.
+func (a *Agent) containers(ctx context.Context, inst *instances.Manager, hostApps *apps.Apps) (*ctrdeploy.Plugin, *docker.Client, error) {
+	c := a.cfg.Containers
+	if c.Enabled == ContainersOff {
+		return nil, nil, nil
+	}
+	host, skip := a.cfg.containersHost()
+	if skip {
+		return nil, nil, nil // Validate refused containers.enabled true with no engine
+	}
+	engine, err := docker.New(host)
+	if err != nil {
+		return nil, nil, fmt.Errorf("agent: containers: %w", err)
+	}
+	pctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+	perr := engine.Ping(pctx)
+	cancel()
+	if perr != nil && c.Enabled == ContainersAuto {
+		engine.Close()
+		a.log.Info("container-deploy off: the Docker engine does not answer", "docker_host", host, "err", perr)
+		return nil, nil, nil
+	}
+	p, err := ctrdeploy.New(ctrdeploy.Config{Host: a.cfg.HostID, DC: a.cfg.DC, Engine: engine, Network: c.Network, CapAdd: c.CapAllow,
+		HealthDeadline: a.cfg.Deploy.HealthDeadline, StopTimeout: c.StopTimeout, Instances: inst, Drainer: hostApps, Logger: a.log})
+	if err != nil {
+		engine.Close()
+		return nil, nil, err
+	}
+	if perr != nil {
+		a.log.Warn("container-deploy on, but the Docker engine does not answer: its steps are retried until it does, and containers left running are not adopted",
+			"docker_host", host, "err", perr)
+		return p, engine, nil
+	}
+	if err := p.Adopt(ctx); err != nil {
+		a.log.Error("containers left running cannot be adopted", "err", err)
+	}
+	a.log.Info("container-deploy on", "docker_host", host, "network", c.Network)
+	return p, engine, nil
 }
 
 // plugins lists the plugins available, for the fingerprint.

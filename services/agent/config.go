@@ -9,9 +9,13 @@ import (
 	"strings"
 	"time"
 
+	"github.com/berthdev/berth/pkg/certs"
 	"github.com/berthdev/berth/pkg/dnsview"
 	"github.com/berthdev/berth/pkg/logging"
+	"github.com/berthdev/berth/pkg/natsbus"
 	"github.com/berthdev/berth/proto/subjects"
+	"github.com/berthdev/berth/services/agent/internal/ctrdeploy"
+	"github.com/berthdev/berth/services/agent/internal/docker"
 )
 
 // Config is berth-agent's configuration. Load it with pkg/config (defaults from
@@ -70,9 +74,19 @@ type Config struct {
 	DNSListen string `yaml:"dns_listen" env:"DNS_LISTEN" flag:"dns-listen" usage:"host:port of the local DNS resolver (empty: off)"`
 	// NameAPIListen is host:port of the local HTTP name API; empty turns it off.
 	NameAPIListen string `yaml:"name_api_listen" env:"NAME_API_LISTEN" flag:"name-api-listen" usage:"host:port of the local HTTP name API (empty: off)"`
+	// HTTPTLS serves listen_metrics over HTTPS, and the name API too when name_api_listen
+	// is not a loopback address (--http-cert-file, --http-key-file; with
+	// --http-trusted-ca-file clients need a certificate of that CA).
+	HTTPTLS certs.Files `yaml:"http_tls" env:"HTTP_" flag:"http-"`
+	// CoordTLS secures the link to coord (--coord-cert-file, ...).
+	CoordTLS certs.Files `yaml:"coord_tls" env:"COORD_" flag:"coord-"`
+	// NATSAuth is NATS's TLS and login (--nats-cert-file, --nats-nkey-seed-file, ...).
+	NATSAuth natsbus.Auth `yaml:"nats_auth" env:"NATS_" flag:"nats-"`
 
 	// Deploy configures the package-deploy plugin.
 	Deploy DeployConfig `yaml:"deploy"`
+	// Containers configures the container-deploy plugin.
+	Containers ContainersConfig `yaml:"containers"`
 	// DNS configures the local resolver.
 	DNS DNSConfig `yaml:"dns"`
 	// Health configures flapping detection of instances.
@@ -108,6 +122,59 @@ type DeployConfig struct {
 	FetchTimeout time.Duration `yaml:"fetch_timeout" env:"DEPLOY_FETCH_TIMEOUT" flag:"deploy-fetch-timeout" usage:"timeout of an artifact download"`
 	// MaxPackageBytes bounds an artifact and its unpacked size.
 	MaxPackageBytes int64 `yaml:"max_package_bytes" env:"DEPLOY_MAX_PACKAGE_BYTES" flag:"deploy-max-package-bytes" usage:"largest artifact and unpacked package"`
+}
+
+// ContainersConfig configures the built-in container-deploy plugin.
+type ContainersConfig struct {
+	// Enabled is auto (on when the engine answers when the agent starts), true or false.
+	Enabled string `yaml:"enabled" env:"CONTAINERS_ENABLED" flag:"containers-enabled" usage:"container-deploy plugin: auto (on when the Docker engine answers), true or false"`
+	// DockerHost is the engine containers run on; empty means docker_host (unless it is
+	// "-"), else $DOCKER_HOST, else unix:///var/run/docker.sock.
+	DockerHost string `yaml:"docker_host" env:"CONTAINERS_DOCKER_HOST" flag:"containers-docker-host" usage:"Docker engine containers run on (default: docker_host, else $DOCKER_HOST, else the default socket)"`
+	// Network is the existing user-defined network containers are attached to.
+	Network string `yaml:"network" env:"CONTAINERS_NETWORK" flag:"containers-network" usage:"existing user-defined Docker network containers are attached to"`
+	// CapAllow are the capabilities containers keep; every other one is dropped.
+	CapAllow []string `yaml:"cap_allow" env:"CONTAINERS_CAP_ALLOW" flag:"containers-cap-allow" usage:"capability containers keep (every other one is dropped)"`
+	// StopTimeout is the time between SIGTERM and SIGKILL when a container stops.
+	StopTimeout time.Duration `yaml:"stop_timeout" env:"CONTAINERS_STOP_TIMEOUT" flag:"containers-stop-timeout" usage:"time between SIGTERM and SIGKILL when a container stops"`
+}
+
+// Values of ContainersConfig.Enabled.
+const (
+	ContainersAuto = "auto"
+	ContainersOn   = "true"
+	ContainersOff  = "false"
+)
+
+// mode is Enabled normalized: auto, true or false ("" is auto; on/off/yes/no/1/0 are
+// accepted).
+func (c ContainersConfig) mode() (string, error) {
+	switch strings.ToLower(strings.TrimSpace(c.Enabled)) {
+	case "", "auto":
+		return ContainersAuto, nil
+	case "true", "on", "yes", "1":
+		return ContainersOn, nil
+	case "false", "off", "no", "0":
+		return ContainersOff, nil
+	}
+	return "", fmt.Errorf("containers.enabled %q: want auto, true or false", c.Enabled)
+}
+
+// containersHost is the engine of the container-deploy plugin: containers.docker_host,
+// else docker_host, else $DOCKER_HOST, else the default socket. skip is true when
+// docker_host is "-" and containers.docker_host is empty: the agent contacts no engine.
+func (c *Config) containersHost() (host string, skip bool) {
+	switch {
+	case c.Containers.DockerHost != "":
+		return c.Containers.DockerHost, false
+	case c.DockerHost == "-":
+		return "", true
+	case c.DockerHost != "":
+		return c.DockerHost, false
+	case os.Getenv("DOCKER_HOST") != "":
+		return os.Getenv("DOCKER_HOST"), false
+	}
+	return docker.DefaultHost, false
 }
 
 // DNSConfig configures the local caching resolver.
@@ -187,10 +254,11 @@ func DefaultConfig() Config {
 			FetchTimeout:    10 * time.Minute,
 			MaxPackageBytes: 2 << 30,
 		},
-		DNS:    DNSConfig{Zones: []string{"ns.berth.internal"}, CacheSize: 10000, MaxTTL: time.Hour},
-		Health: HealthConfig{FlapChanges: 3, FlapWindow: 2 * time.Minute},
-		Drain:  DrainConfig{MaxWait: 30 * time.Second, DefaultTTL: 5 * time.Second},
-		Views:  ViewsConfig{Idle: 10 * time.Minute, Resync: 30 * time.Second},
+		Containers: ContainersConfig{Enabled: ContainersAuto, Network: ctrdeploy.DefaultNetwork, StopTimeout: ctrdeploy.DefaultStopTimeout},
+		DNS:        DNSConfig{Zones: []string{"ns.berth.internal"}, CacheSize: 10000, MaxTTL: time.Hour},
+		Health:     HealthConfig{FlapChanges: 3, FlapWindow: 2 * time.Minute},
+		Drain:      DrainConfig{MaxWait: 30 * time.Second, DefaultTTL: 5 * time.Second},
+		Views:      ViewsConfig{Idle: 10 * time.Minute, Resync: 30 * time.Second},
 	}
 }
 
@@ -263,6 +331,8 @@ func (c *Config) Validate() error {
 		return fmt.Errorf("deploy.fetch_timeout %s: want more than 0", c.Deploy.FetchTimeout)
 	case c.Deploy.MaxPackageBytes <= 0:
 		return fmt.Errorf("deploy.max_package_bytes %d: want more than 0", c.Deploy.MaxPackageBytes)
+	case c.Containers.StopTimeout <= 0:
+		return fmt.Errorf("containers.stop_timeout %s: want more than 0", c.Containers.StopTimeout)
 	case c.DNS.CacheSize < 1:
 		return fmt.Errorf("dns.cache_size %d: want at least 1", c.DNS.CacheSize)
 	case c.DNS.MaxTTL < time.Second:
@@ -280,6 +350,25 @@ func (c *Config) Validate() error {
 	case c.Views.Resync < time.Second:
 		return fmt.Errorf("views.resync %s: want at least 1s", c.Views.Resync)
 	}
+	mode, err := c.Containers.mode()
+	if err != nil {
+		return err
+	}
+	c.Containers.Enabled = mode
+	if mode == ContainersOn && c.DockerHost == "-" && c.Containers.DockerHost == "" {
+		return errors.New(`containers.enabled is true but docker_host is "-" (no engine); set containers.docker_host`)
+	}
+	if err := ctrdeploy.CheckNetworkName(c.Containers.Network); err != nil {
+		return fmt.Errorf("containers.network: %w", err)
+	}
+	caps, err := ctrdeploy.CheckCaps(c.Containers.CapAllow)
+	if err != nil {
+		return fmt.Errorf("containers.cap_allow: %w", err)
+	}
+	c.Containers.CapAllow = caps
+	if c.Containers.DockerHost != "" && !strings.Contains(c.Containers.DockerHost, "://") {
+		return fmt.Errorf("containers.docker_host %q: want unix:///path or tcp://host:port", c.Containers.DockerHost)
+	}
 	if c.AdvertiseIP != "" && net.ParseIP(c.AdvertiseIP) == nil {
 		return fmt.Errorf("advertise_ip %q: want an IPv4 or IPv6 address", c.AdvertiseIP)
 	}
@@ -289,6 +378,9 @@ func (c *Config) Validate() error {
 			return fmt.Errorf("config_dir %q: %w", c.ConfigDir, err)
 		}
 		c.ConfigDir = abs
+	}
+	if err := c.validateSecurity(); err != nil {
+		return err
 	}
 	for _, f := range []struct{ name, v string }{{"dns_listen", c.DNSListen}, {"name_api_listen", c.NameAPIListen}} {
 		if f.v == "" {

@@ -48,6 +48,15 @@ func TestConfigValidate(t *testing.T) {
 		{"once without template", func(c *agent.Config) { c.Once, c.DryRun = true, true }, "--once needs --template"},
 		{"once without dry run", func(c *agent.Config) { c.Once, c.Template = true, "/t.tmpl" }, "--once needs --dry-run"},
 		{"daemon defaults", func(c *agent.Config) { d := agent.DaemonConfig(); d.HostID = "h1"; *c = d }, ""},
+		{"containers on", func(c *agent.Config) { c.Containers.Enabled = "on" }, ""},
+		{"containers on without engine", func(c *agent.Config) { c.Containers.Enabled, c.DockerHost = "true", "-" }, "containers.enabled"},
+		{"containers maybe", func(c *agent.Config) { c.Containers.Enabled = "maybe" }, "containers.enabled"},
+		{"containers on the host network", func(c *agent.Config) { c.Containers.Network = "host" }, "containers.network"},
+		{"containers network name", func(c *agent.Config) { c.Containers.Network = "a/b" }, "containers.network"},
+		{"containers grantable cap", func(c *agent.Config) { c.Containers.CapAllow = []string{"net_bind_service"} }, ""},
+		{"containers sys_admin", func(c *agent.Config) { c.Containers.CapAllow = []string{"SYS_ADMIN"} }, "containers.cap_allow"},
+		{"containers docker host", func(c *agent.Config) { c.Containers.DockerHost = "/var/run/docker.sock" }, "containers.docker_host"},
+		{"containers stop timeout", func(c *agent.Config) { c.Containers.StopTimeout = 0 }, "containers.stop_timeout"},
 	}
 	for _, tc := range tests {
 		c := agent.DefaultConfig()

@@ -48,7 +48,11 @@ func RenderOnce(ctx context.Context, cfg Config, w io.Writer, log *slog.Logger) 
 	defer cancel()
 	in := tmpl.Inputs{Views: map[string]*namesv1.ServiceView{}, Keys: map[string][]byte{}}
 	if len(tp.Services()) > 0 {
-		bus, err := natsbus.Connect(ctx, natsbus.Config{URLs: cfg.NATSURLs(), Name: "berth-agent-once/" + cfg.HostID, Logger: log})
+		ncfg := natsbus.Config{URLs: cfg.NATSURLs(), Name: "berth-agent-once/" + cfg.HostID, Logger: log}
+		if err := cfg.NATSAuth.Apply(&ncfg); err != nil {
+			return err
+		}
+		bus, err := natsbus.Connect(ctx, ncfg)
 		if err != nil {
 			return err
 		}
@@ -82,7 +86,11 @@ func RenderOnce(ctx context.Context, cfg Config, w io.Writer, log *slog.Logger) 
 		if len(cfg.CoordEndpoints()) == 0 {
 			return fmt.Errorf("template %s reads config keys: %w", cfg.Template, configkeys.ErrNoCoord)
 		}
-		cc, err := coordclient.New(ctx, coordclient.Config{Endpoints: cfg.CoordEndpoints(), Logger: log})
+		coordTLS, err := cfg.CoordTLS.ClientTLS("")
+		if err != nil {
+			return fmt.Errorf("coord_tls: %w", err)
+		}
+		cc, err := coordclient.New(ctx, coordclient.Config{Endpoints: cfg.CoordEndpoints(), Logger: log, TLS: coordTLS})
 		if err != nil {
 			return fmt.Errorf("connect to coord %v: %w", cfg.CoordEndpoints(), err)
 		}

@@ -130,8 +130,12 @@ func (s *Syncer) Run(ctx context.Context) error {
 	var err error
 	s.bus = s.deps.Bus
 	if s.bus == nil {
-		s.bus, err = natsbus.Connect(ctx, natsbus.Config{URLs: splitList(s.cfg.NATS), Name: "berth-cmdb-sync/" + s.cfg.Name,
-			Source: s.source(), Logger: s.log, Registerer: s.reg})
+		ncfg := natsbus.Config{URLs: splitList(s.cfg.NATS), Name: "berth-cmdb-sync/" + s.cfg.Name,
+			Source: s.source(), Logger: s.log, Registerer: s.reg}
+		if err := s.cfg.NATSAuth.Apply(&ncfg); err != nil {
+			return err
+		}
+		s.bus, err = natsbus.Connect(ctx, ncfg)
 		if err != nil {
 			return err
 		}
@@ -143,7 +147,11 @@ func (s *Syncer) Run(ctx context.Context) error {
 	}
 	s.coord = s.deps.Coord
 	if s.coord == nil {
-		s.coord, err = coordclient.New(ctx, coordclient.Config{Endpoints: splitList(s.cfg.Coord), Logger: s.log})
+		coordTLS, err := s.cfg.CoordTLS.ClientTLS("")
+		if err != nil {
+			return fmt.Errorf("coord_tls: %w", err)
+		}
+		s.coord, err = coordclient.New(ctx, coordclient.Config{Endpoints: splitList(s.cfg.Coord), Logger: s.log, TLS: coordTLS})
 		if err != nil {
 			return fmt.Errorf("connect to coord %s: %w", s.cfg.Coord, err)
 		}
@@ -158,6 +166,11 @@ func (s *Syncer) Run(ctx context.Context) error {
 			return errors.New("cmdb-sync: listen_metrics is set but the Registerer given is not a Gatherer; pass Deps.Gatherer")
 		}
 		srv := admin.New(s.cfg.ListenMetrics, s.gat)
+		httpTLS, err := s.cfg.HTTPTLS.ServerTLS()
+		if err != nil {
+			return fmt.Errorf("http_tls: %w", err)
+		}
+		srv.UseTLS(httpTLS)
 		srv.AddCheck("source", s.SourceHealthy)
 		addr, err := srv.Listen()
 		if err != nil {

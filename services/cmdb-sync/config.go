@@ -9,7 +9,9 @@ import (
 	"strings"
 	"time"
 
+	"github.com/berthdev/berth/pkg/certs"
 	"github.com/berthdev/berth/pkg/logging"
+	"github.com/berthdev/berth/pkg/natsbus"
 	"github.com/berthdev/berth/services/cmdb-sync/internal/source"
 )
 
@@ -38,6 +40,14 @@ type Config struct {
 	MismatchTolerance float64 `yaml:"mismatch_tolerance" env:"MISMATCH_TOLERANCE" flag:"mismatch-tolerance" usage:"fraction the agent's CPU or memory may differ from the CMDB's"`
 	// SessionTTL is the TTL of the coord session the replica campaigns with.
 	SessionTTL time.Duration `yaml:"session_ttl" env:"SESSION_TTL" flag:"session-ttl" usage:"TTL of the election session"`
+
+	// HTTPTLS serves listen_metrics over HTTPS (--http-cert-file, --http-key-file); with
+	// trusted_ca_file (--http-trusted-ca-file) scrapers need a certificate of that CA.
+	HTTPTLS certs.Files `yaml:"http_tls" env:"HTTP_" flag:"http-"`
+	// CoordTLS secures the link to coord (--coord-cert-file, ...).
+	CoordTLS certs.Files `yaml:"coord_tls" env:"COORD_" flag:"coord-"`
+	// NATSAuth is NATS's TLS and login (--nats-cert-file, --nats-nkey-seed-file, ...).
+	NATSAuth natsbus.Auth `yaml:"nats_auth" env:"NATS_" flag:"nats-"`
 
 	// Log selects the log format and level.
 	Log logging.Config `yaml:"log"`
@@ -133,6 +143,15 @@ func (c *Config) Validate() error {
 		if _, _, err := net.SplitHostPort(c.ListenMetrics); err != nil {
 			return fmt.Errorf("listen_metrics %q: want host:port", c.ListenMetrics)
 		}
+	}
+	if err := c.HTTPTLS.ValidateServer("http_tls"); err != nil {
+		return err
+	}
+	if err := c.CoordTLS.ValidateClient("coord_tls"); err != nil {
+		return err
+	}
+	if err := c.NATSAuth.Validate("nats_auth"); err != nil {
+		return err
 	}
 	return c.Log.Validate()
 }

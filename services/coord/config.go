@@ -83,6 +83,10 @@ type Config struct {
 	ClientTLS TLSFiles
 	// PeerTLS secures the peer links (both directions).
 	PeerTLS TLSFiles
+	// HTTPTLS serves /metrics, /healthz and /readyz (and pprof) over HTTPS; with TrustedCA,
+	// scrapers need a certificate of that CA. Flags --http-cert-file, --http-key-file,
+	// --http-trusted-ca-file, named like every Berth service's.
+	HTTPTLS TLSFiles
 
 	// Listeners, when set, are used instead of listening on the addresses above (tests
 	// listen on port 0 first to learn the ports).
@@ -260,7 +264,7 @@ func (c *Config) Validate() error {
 	if c.HistoryWindow < 1 {
 		return bad("history-window", "%d is under 1", c.HistoryWindow)
 	}
-	for name, t := range map[string]TLSFiles{"client": c.ClientTLS, "peer": c.PeerTLS} {
+	for name, t := range map[string]TLSFiles{"client": c.ClientTLS, "peer": c.PeerTLS, "http": c.HTTPTLS} {
 		if t.enabled() && (t.Cert == "" || t.Key == "") {
 			return bad(name+"-cert-file/"+name+"-key-file", "both are required when %s TLS is configured", name)
 		}

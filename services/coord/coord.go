@@ -287,6 +287,16 @@ func (s *Server) Run(ctx context.Context) error {
 			s.node.Close()
 			return err
 		}
+		if s.cfg.HTTPTLS.enabled() {
+			httpTLS, err := s.cfg.HTTPTLS.serverTLS("http")
+			if err != nil {
+				metricsL.Close()
+				closeAll()
+				s.node.Close()
+				return err
+			}
+			metricsL = tls.NewListener(metricsL, httpTLS)
+		}
 	}
 	addr := clientL.Addr().String()
 	s.clientAddr.Store(&addr)
@@ -326,6 +336,9 @@ func (s *Server) Run(ctx context.Context) error {
 	g.go_("client api", func() error { return clientSrv.Serve(clientL) })
 	if metricsL != nil {
 		u := "http://" + metricsL.Addr().String()
+		if s.cfg.HTTPTLS.enabled() {
+			u = "https://" + metricsL.Addr().String()
+		}
 		s.metricsURL.Store(&u)
 		g.go_("metrics", func() error { return s.serveMetrics(runCtx, metricsL) })
 	}

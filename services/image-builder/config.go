@@ -9,7 +9,9 @@ import (
 	"strings"
 	"time"
 
+	"github.com/berthdev/berth/pkg/certs"
 	"github.com/berthdev/berth/pkg/logging"
+	"github.com/berthdev/berth/pkg/natsbus"
 	"github.com/berthdev/berth/proto/subjects"
 	"github.com/berthdev/berth/services/image-builder/internal/buildctx"
 	"github.com/berthdev/berth/services/image-builder/internal/engine"
@@ -78,6 +80,14 @@ type Config struct {
 	MaxDeliver int `yaml:"max_deliver" env:"MAX_DELIVER" flag:"max-deliver" usage:"deliveries of one work request before it fails for good"`
 	// LogTail is how many lines of build output a reply or event carries.
 	LogTail int `yaml:"log_tail" env:"LOG_TAIL" flag:"log-tail" usage:"lines of build output kept in replies and events"`
+
+	// HTTPTLS serves listen_metrics over HTTPS (--http-cert-file, --http-key-file); with
+	// trusted_ca_file (--http-trusted-ca-file) scrapers need a certificate of that CA.
+	HTTPTLS certs.Files `yaml:"http_tls" env:"HTTP_" flag:"http-"`
+	// CoordTLS secures the link to coord (--coord-cert-file, ...).
+	CoordTLS certs.Files `yaml:"coord_tls" env:"COORD_" flag:"coord-"`
+	// NATSAuth is NATS's TLS and login (--nats-cert-file, --nats-nkey-seed-file, ...).
+	NATSAuth natsbus.Auth `yaml:"nats_auth" env:"NATS_" flag:"nats-"`
 
 	// Log selects the log format and level.
 	Log logging.Config `yaml:"log"`
@@ -161,6 +171,15 @@ func (c *Config) Validate() error {
 		if _, _, err := net.SplitHostPort(c.ListenMetrics); err != nil {
 			return fmt.Errorf("listen_metrics %q: want host:port", c.ListenMetrics)
 		}
+	}
+	if err := c.HTTPTLS.ValidateServer("http_tls"); err != nil {
+		return err
+	}
+	if err := c.CoordTLS.ValidateClient("coord_tls"); err != nil {
+		return err
+	}
+	if err := c.NATSAuth.Validate("nats_auth"); err != nil {
+		return err
 	}
 	return c.Log.Validate()
 }

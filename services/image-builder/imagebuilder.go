@@ -225,7 +225,11 @@ func (b *Builder) Run(ctx context.Context) error {
 	// that still use coord.
 	b.coord = b.deps.Coord
 	if b.coord == nil {
-		b.coord, err = coordclient.New(ctx, coordclient.Config{Endpoints: b.cfg.CoordEndpoints(), Logger: b.log})
+		coordTLS, err := b.cfg.CoordTLS.ClientTLS("")
+		if err != nil {
+			return fmt.Errorf("coord_tls: %w", err)
+		}
+		b.coord, err = coordclient.New(ctx, coordclient.Config{Endpoints: b.cfg.CoordEndpoints(), Logger: b.log, TLS: coordTLS})
 		if err != nil {
 			return fmt.Errorf("connect to coord %v: %w", b.cfg.CoordEndpoints(), err)
 		}
@@ -233,8 +237,12 @@ func (b *Builder) Run(ctx context.Context) error {
 	}
 	b.bus = b.deps.Bus
 	if b.bus == nil {
-		b.bus, err = natsbus.Connect(ctx, natsbus.Config{URLs: b.cfg.NATSURLs(), Name: "berth-image-builder/" + b.cfg.Name,
-			Source: "berth-image-builder/" + b.cfg.Name, Logger: b.log, Registerer: b.reg})
+		ncfg := natsbus.Config{URLs: b.cfg.NATSURLs(), Name: "berth-image-builder/" + b.cfg.Name,
+			Source: "berth-image-builder/" + b.cfg.Name, Logger: b.log, Registerer: b.reg}
+		if err := b.cfg.NATSAuth.Apply(&ncfg); err != nil {
+			return err
+		}
+		b.bus, err = natsbus.Connect(ctx, ncfg)
 		if err != nil {
 			return err
 		}
@@ -265,6 +273,11 @@ func (b *Builder) Run(ctx context.Context) error {
 			return errors.New("image builder: listen_metrics is set but the Registerer given is not a Gatherer; pass Deps.Gatherer")
 		}
 		srv := admin.New(b.cfg.ListenMetrics, b.gat)
+		httpTLS, err := b.cfg.HTTPTLS.ServerTLS()
+		if err != nil {
+			return fmt.Errorf("http_tls: %w", err)
+		}
+		srv.UseTLS(httpTLS)
 		srv.AddCheck("docker-engine", func(ctx context.Context) error { return b.engine.Ping(ctx) })
 		srv.AddCheck("registry", func(ctx context.Context) error { return b.registry.Ping(ctx) })
 		addr, err := srv.Listen()

@@ -8,8 +8,10 @@ import (
 	"strings"
 	"time"
 
+	"github.com/berthdev/berth/pkg/certs"
 	"github.com/berthdev/berth/pkg/dnsview"
 	"github.com/berthdev/berth/pkg/logging"
+	"github.com/berthdev/berth/pkg/natsbus"
 )
 
 // Defaults.
@@ -57,6 +59,14 @@ type Config struct {
 	// RateSlip sends one response in RateSlip truncated (instead of dropping it) when over
 	// the limit; 0 drops all.
 	RateSlip int `yaml:"rate_slip" env:"RATE_SLIP" flag:"rate-slip" usage:"over the limit, every Nth response is sent truncated (0: drop all)"`
+	// HTTPTLS serves the HTTP API over HTTPS (--http-cert-file, --http-key-file); with
+	// trusted_ca_file (--http-trusted-ca-file) clients need a certificate of that CA.
+	HTTPTLS certs.Files `yaml:"http_tls" env:"HTTP_" flag:"http-"`
+	// CoordTLS secures the link to coord (--coord-cert-file, ...); unused when embedded.
+	CoordTLS certs.Files `yaml:"coord_tls" env:"COORD_" flag:"coord-"`
+	// NATSAuth is NATS's TLS and login (--nats-cert-file, --nats-nkey-seed-file, ...);
+	// unused when embedded.
+	NATSAuth natsbus.Auth `yaml:"nats_auth" env:"NATS_" flag:"nats-"`
 	// Log selects the log format and level.
 	Log logging.Config `yaml:"log"`
 }
@@ -121,6 +131,15 @@ func (c *Config) Validate() error {
 		return fmt.Errorf("rate_burst %d: want 0 or more", c.RateBurst)
 	case c.RateSlip < 0:
 		return fmt.Errorf("rate_slip %d: want 0 or more", c.RateSlip)
+	}
+	if err := c.HTTPTLS.ValidateServer("http_tls"); err != nil {
+		return err
+	}
+	if err := c.CoordTLS.ValidateClient("coord_tls"); err != nil {
+		return err
+	}
+	if err := c.NATSAuth.Validate("nats_auth"); err != nil {
+		return err
 	}
 	return c.Log.Validate()
 }

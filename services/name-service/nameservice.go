@@ -10,6 +10,7 @@ package nameservice
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -21,6 +22,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
+	"github.com/berthdev/berth/pkg/certs"
 	"github.com/berthdev/berth/pkg/coordclient"
 	"github.com/berthdev/berth/pkg/dnsview"
 	"github.com/berthdev/berth/pkg/natsbus"
@@ -63,6 +65,8 @@ type Service struct {
 	api    *httpapi.API
 	pub    *publish.Publisher
 	gather prometheus.Gatherer
+	// httpTLS is the HTTP API's TLS, nil for plaintext.
+	httpTLS *tls.Config
 
 	mu    sync.Mutex
 	addrs *Addrs
@@ -94,6 +98,11 @@ func New(cfg Config, deps Deps) (*Service, error) {
 	subnets, _ := dnsview.ParseSubnets("dc_subnets", cfg.DCSubnets)
 	nsAddrs, _ := cfg.nsAddrs()
 	s := &Service{cfg: cfg, log: log, coord: deps.Coord, gather: gather}
+	httpTLS, err := cfg.HTTPTLS.ServerTLS()
+	if err != nil {
+		return nil, fmt.Errorf("name service config: http_tls: %w", err)
+	}
+	s.httpTLS = httpTLS
 
 	pub, err := publish.New(deps.Bus, "berth-name-service/"+cfg.Name, log, reg)
 	if err != nil {
@@ -150,7 +159,7 @@ func (s *Service) Listen() (Addrs, error) {
 	if err != nil {
 		return Addrs{}, err
 	}
-	l, err := net.Listen("tcp", s.cfg.HTTPAddr)
+	l, err := certs.Listen(s.cfg.HTTPAddr, s.httpTLS)
 	if err != nil {
 		return Addrs{}, fmt.Errorf("http listen %s: %w", s.cfg.HTTPAddr, err)
 	}
@@ -174,7 +183,8 @@ func (s *Service) Run(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	s.log.Info("name service listening", "dns", addrs.DNSUDP.String(), "http", addrs.HTTP.String(), "zones", s.cfg.Zones)
+	s.log.Info("name service listening", "dns", addrs.DNSUDP.String(), "http", certs.Scheme(s.httpTLS)+"://"+addrs.HTTP.String(),
+		"mutual_tls", s.cfg.HTTPTLS.Mutual(), "zones", s.cfg.Zones)
 	var g run.Group
 	g.Add("publisher", s.pub.Run)
 	g.Add("catalog", func(ctx context.Context) error { return s.cat.Sync(ctx, s.coord) })

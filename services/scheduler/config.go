@@ -8,7 +8,9 @@ import (
 	"strings"
 	"time"
 
+	"github.com/berthdev/berth/pkg/certs"
 	"github.com/berthdev/berth/pkg/logging"
+	"github.com/berthdev/berth/pkg/natsbus"
 	"github.com/berthdev/berth/proto/subjects"
 )
 
@@ -48,6 +50,14 @@ type Config struct {
 	WorkConsumer string `yaml:"work_consumer" env:"WORK_CONSUMER" flag:"work-consumer" usage:"durable consumer name of the placement work queue"`
 	// Concurrency is how many requests a replica handles at once (per subject).
 	Concurrency int `yaml:"concurrency" env:"CONCURRENCY" flag:"concurrency" usage:"requests handled at once"`
+
+	// HTTPTLS serves listen_metrics over HTTPS (--http-cert-file, --http-key-file); with
+	// trusted_ca_file (--http-trusted-ca-file) scrapers need a certificate of that CA.
+	HTTPTLS certs.Files `yaml:"http_tls" env:"HTTP_" flag:"http-"`
+	// CoordTLS secures the link to coord (--coord-cert-file, ...).
+	CoordTLS certs.Files `yaml:"coord_tls" env:"COORD_" flag:"coord-"`
+	// NATSAuth is NATS's TLS and login (--nats-cert-file, --nats-nkey-seed-file, ...).
+	NATSAuth natsbus.Auth `yaml:"nats_auth" env:"NATS_" flag:"nats-"`
 
 	// Log selects the log format and level.
 	Log logging.Config `yaml:"log"`
@@ -104,6 +114,15 @@ func (c *Config) Validate() error {
 		if _, _, err := net.SplitHostPort(c.ListenMetrics); err != nil {
 			return fmt.Errorf("listen_metrics %q: want host:port", c.ListenMetrics)
 		}
+	}
+	if err := c.HTTPTLS.ValidateServer("http_tls"); err != nil {
+		return err
+	}
+	if err := c.CoordTLS.ValidateClient("coord_tls"); err != nil {
+		return err
+	}
+	if err := c.NATSAuth.Validate("nats_auth"); err != nil {
+		return err
 	}
 	return c.Log.Validate()
 }

@@ -161,8 +161,12 @@ func (s *Scheduler) Run(ctx context.Context) error {
 	var err error
 	s.bus = s.deps.Bus
 	if s.bus == nil {
-		s.bus, err = natsbus.Connect(ctx, natsbus.Config{URLs: s.cfg.NATSURLs(), Name: "berth-scheduler/" + s.cfg.Name,
-			Source: "berth-scheduler/" + s.cfg.Name, Logger: s.log, Registerer: s.reg})
+		ncfg := natsbus.Config{URLs: s.cfg.NATSURLs(), Name: "berth-scheduler/" + s.cfg.Name,
+			Source: "berth-scheduler/" + s.cfg.Name, Logger: s.log, Registerer: s.reg}
+		if err := s.cfg.NATSAuth.Apply(&ncfg); err != nil {
+			return err
+		}
+		s.bus, err = natsbus.Connect(ctx, ncfg)
 		if err != nil {
 			return err
 		}
@@ -174,7 +178,11 @@ func (s *Scheduler) Run(ctx context.Context) error {
 	}
 	s.coord = s.deps.Coord
 	if s.coord == nil {
-		s.coord, err = coordclient.New(ctx, coordclient.Config{Endpoints: s.cfg.CoordEndpoints(), Logger: s.log})
+		coordTLS, err := s.cfg.CoordTLS.ClientTLS("")
+		if err != nil {
+			return fmt.Errorf("coord_tls: %w", err)
+		}
+		s.coord, err = coordclient.New(ctx, coordclient.Config{Endpoints: s.cfg.CoordEndpoints(), Logger: s.log, TLS: coordTLS})
 		if err != nil {
 			return fmt.Errorf("connect to coord %v: %w", s.cfg.CoordEndpoints(), err)
 		}
@@ -189,6 +197,11 @@ func (s *Scheduler) Run(ctx context.Context) error {
 			return errors.New("scheduler: listen_metrics is set but the Registerer given is not a Gatherer; pass Deps.Gatherer")
 		}
 		srv = admin.New(s.cfg.ListenMetrics, s.gat)
+		httpTLS, err := s.cfg.HTTPTLS.ServerTLS()
+		if err != nil {
+			return fmt.Errorf("http_tls: %w", err)
+		}
+		srv.UseTLS(httpTLS)
 		srv.AddCheck("inventory", func(context.Context) error {
 			if !s.idx.Synced() {
 				return errors.New("the inventory has not been read from coord yet")

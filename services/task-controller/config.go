@@ -9,8 +9,11 @@ import (
 	"strings"
 	"time"
 
+	"github.com/berthdev/berth/pkg/apitoken"
+	"github.com/berthdev/berth/pkg/certs"
 	"github.com/berthdev/berth/pkg/coordclient"
 	"github.com/berthdev/berth/pkg/logging"
+	"github.com/berthdev/berth/pkg/natsbus"
 )
 
 // DefaultListen is where the API listens by default; the CLI's default endpoint
@@ -53,6 +56,19 @@ type Config struct {
 	NamesURL string `yaml:"names_url" env:"NAMES_URL" flag:"names-url" usage:"base URL of the name service's HTTP API, proxied at /v1/names/ (empty: off)"`
 	// EnsureStreams creates or updates the JetStream streams at start.
 	EnsureStreams bool `yaml:"ensure_streams" env:"ENSURE_STREAMS" flag:"ensure-streams" usage:"create or update the JetStream streams at start"`
+	// HTTPTLS serves the API (and listen_metrics) over HTTPS: cert_file and key_file turn
+	// it on, trusted_ca_file requires client certificates of that CA (mutual TLS). Flags
+	// --http-cert-file, --http-key-file, --http-trusted-ca-file. The same files are the
+	// controller's identity towards an https names_url.
+	HTTPTLS certs.Files `yaml:"http_tls" env:"HTTP_" flag:"http-"`
+	// CoordTLS secures the link to coord: trusted_ca_file is the CA of coord's certificate,
+	// cert_file and key_file the client certificate (--coord-cert-file, ...).
+	CoordTLS certs.Files `yaml:"coord_tls" env:"COORD_" flag:"coord-"`
+	// NATSAuth is NATS's TLS and login (--nats-cert-file, --nats-nkey-seed-file, ...).
+	NATSAuth natsbus.Auth `yaml:"nats_auth" env:"NATS_" flag:"nats-"`
+	// TokensFile names the API token file (pkg/apitoken); empty leaves the API open to
+	// anyone who reaches it, without audit records (berth dev).
+	TokensFile string `yaml:"tokens_file" env:"TOKENS_FILE" flag:"tokens-file" usage:"API token file (roles and scopes; empty: the API is open and unaudited)"`
 	// Log selects the log format and level.
 	Log logging.Config `yaml:"log"`
 }
@@ -113,6 +129,20 @@ func (c *Config) Validate() error {
 	}
 	if err := c.Log.Validate(); err != nil {
 		return fmt.Errorf("log: %w", err)
+	}
+	if err := c.HTTPTLS.ValidateServer("http_tls"); err != nil {
+		return err
+	}
+	if err := c.CoordTLS.ValidateClient("coord_tls"); err != nil {
+		return err
+	}
+	if err := c.NATSAuth.Validate("nats_auth"); err != nil {
+		return err
+	}
+	if c.TokensFile != "" {
+		if _, err := apitoken.Load(c.TokensFile); err != nil {
+			return fmt.Errorf("tokens_file: %w", err)
+		}
 	}
 	return nil
 }

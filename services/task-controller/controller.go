@@ -27,9 +27,12 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/berthdev/berth/pkg/admin"
+	"github.com/berthdev/berth/pkg/apitoken"
+	"github.com/berthdev/berth/pkg/certs"
 	"github.com/berthdev/berth/pkg/coordclient"
 	"github.com/berthdev/berth/pkg/natsbus"
 	"github.com/berthdev/berth/pkg/run"
+	"github.com/berthdev/berth/services/task-controller/internal/access"
 	"github.com/berthdev/berth/services/task-controller/internal/api"
 	"github.com/berthdev/berth/services/task-controller/internal/console"
 	"github.com/berthdev/berth/services/task-controller/internal/engine"
@@ -51,6 +54,9 @@ type Deps struct {
 	Registerer prometheus.Registerer
 	// Gatherer serves /metrics; nil means Registerer when it is a Gatherer.
 	Gatherer prometheus.Gatherer
+	// AuditCoord, when set, receives the API's audit records instead of Coord (a
+	// separate coord cluster for them). The controller never closes it.
+	AuditCoord *coordclient.Client
 }
 
 // Controller is one berth-controller replica. Create it with New and start it with Run,
@@ -63,9 +69,10 @@ type Controller struct {
 	gat  prometheus.Gatherer
 	m    *engine.Metrics
 
-	srv   *admin.Server
-	extra *admin.Server
-	addr  net.Addr
+	srv    *admin.Server
+	extra  *admin.Server
+	addr   net.Addr
+	tokens *apitoken.Set
 }
 
 // New checks cfg and returns a replica; it starts nothing.
@@ -94,9 +101,20 @@ func New(cfg Config, deps Deps) (*Controller, error) {
 		return nil, err
 	}
 	c.m = m
+	httpTLS, err := cfg.HTTPTLS.ServerTLS()
+	if err != nil {
+		return nil, fmt.Errorf("controller config: http_tls: %w", err)
+	}
 	c.srv = admin.New(cfg.Listen, c.gat)
+	c.srv.UseTLS(httpTLS)
 	if cfg.ListenMetrics != "" {
 		c.extra = admin.New(cfg.ListenMetrics, c.gat)
+		c.extra.UseTLS(httpTLS)
+	}
+	if cfg.TokensFile != "" {
+		if c.tokens, err = apitoken.Load(cfg.TokensFile); err != nil {
+			return nil, fmt.Errorf("controller config: tokens_file: %w", err)
+		}
 	}
 	return c, nil
 }
@@ -121,8 +139,12 @@ func (c *Controller) Run(ctx context.Context) error {
 	}
 	bus := c.deps.Bus
 	if bus == nil {
-		bus, err = natsbus.Connect(ctx, natsbus.Config{URLs: splitList(c.cfg.NATS), Name: "berth-controller/" + c.cfg.Replica,
-			Source: c.source(), Logger: c.log, Registerer: c.reg})
+		ncfg := natsbus.Config{URLs: splitList(c.cfg.NATS), Name: "berth-controller/" + c.cfg.Replica,
+			Source: c.source(), Logger: c.log, Registerer: c.reg}
+		if err := c.cfg.NATSAuth.Apply(&ncfg); err != nil {
+			return err
+		}
+		bus, err = natsbus.Connect(ctx, ncfg)
 		if err != nil {
 			return err
 		}
@@ -138,7 +160,11 @@ func (c *Controller) Run(ctx context.Context) error {
 		if len(eps) == 0 {
 			return errNoCoord
 		}
-		cc, err = coordclient.New(ctx, coordclient.Config{Endpoints: eps, Logger: c.log})
+		coordTLS, err := c.cfg.CoordTLS.ClientTLS("")
+		if err != nil {
+			return fmt.Errorf("coord_tls: %w", err)
+		}
+		cc, err = coordclient.New(ctx, coordclient.Config{Endpoints: eps, Logger: c.log, TLS: coordTLS})
 		if err != nil {
 			return fmt.Errorf("connect to coord %v: %w", eps, err)
 		}
@@ -156,11 +182,35 @@ func (c *Controller) Run(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("names_url: %w", err)
 	}
-	a, err := api.New(cc, bus, c.source(), c.log, c.reg, api.Options{NamesURL: names, Done: ctx.Done()})
+	apiOpts := api.Options{NamesURL: names, Done: ctx.Done()}
+	if names != nil && names.Scheme == "https" && c.cfg.HTTPTLS.Enabled() {
+		// The controller shows the name service its own certificate and trusts its CA.
+		namesTLS, err := c.cfg.HTTPTLS.ClientTLS("")
+		if err != nil {
+			return fmt.Errorf("http_tls: %w", err)
+		}
+		apiOpts.NamesClient = &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{TLSClientConfig: namesTLS}}
+	}
+	a, err := api.New(cc, bus, c.source(), c.log, c.reg, apiOpts)
 	if err != nil {
 		return err
 	}
 	a.Register(c.srv)
+	if c.tokens != nil {
+		var audit access.Store = cc
+		if c.deps.AuditCoord != nil {
+			audit = c.deps.AuditCoord
+		}
+		acc, err := access.New(access.Config{Tokens: c.tokens, Coord: cc, Audit: audit, Bus: bus, Source: c.source(),
+			Replica: c.cfg.Replica, Logger: c.log, Registerer: c.reg})
+		if err != nil {
+			return err
+		}
+		c.srv.Wrap(acc.Wrap)
+		c.log.Info("API access control on: tokens required, writes audited", "tokens", c.tokens.Len(), "file", c.cfg.TokensFile, "audit", access.AuditPrefix)
+	} else {
+		c.log.Warn("API access control off (no tokens_file): anyone who reaches the API may deploy and edit the service tree, and no audit records are written")
+	}
 	console.Register(c.srv)
 	c.srv.Handle("GET /v1/leader", http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		l, err := cc.Leader(r.Context(), model.LeaderRole)
@@ -186,7 +236,7 @@ func (c *Controller) Run(ctx context.Context) error {
 		g.Add("metrics", c.extra.Run)
 	}
 	g.Add("elector", func(ctx context.Context) error { return c.elect(ctx, bus, cc) })
-	c.log.Info("controller started", "api", addr.String())
+	c.log.Info("controller started", "api", certs.Scheme(c.srv.TLS())+"://"+addr.String(), "mutual_tls", c.cfg.HTTPTLS.Mutual())
 	return g.Run(ctx)
 }
 

@@ -20,6 +20,11 @@
 //                                                 service runs
 //   /berth/controller/releases/<service tokens>/<host>
 //                                                 Release, what the controller last deployed
+//   /berth/controller/replacements/<allocation>   Replacement, the run that deploys a
+//                                                 rescheduled allocation (container mode)
+//
+// In container mode a deployment's targets are allocations, not hosts:
+// /berth/deployments/<id>/targets/<allocation id>.
 //
 // Fields are only ever added; numbers are never reused.
 
@@ -873,10 +878,19 @@ type RunStatus struct {
 	// leader_token is the fencing token of the leader that last wrote the status.
 	LeaderToken uint64 `protobuf:"varint,17,opt,name=leader_token,json=leaderToken,proto3" json:"leader_token,omitempty"`
 	// releases_recorded is set once the Release records of a terminal deployment's hosts
-	// were written (after its terminal state, before its service lock is released).
+	// were written (after its terminal state, before its service lock is released). In
+	// container mode: once the allocations the deployment no longer needs were released.
 	ReleasesRecorded bool `protobuf:"varint,18,opt,name=releases_recorded,json=releasesRecorded,proto3" json:"releases_recorded,omitempty"`
-	unknownFields    protoimpl.UnknownFields
-	sizeCache        protoimpl.SizeCache
+	// stage is the pipeline stage a container deployment is in: image, placement, steps,
+	// or cleanup once it has ended (see Deployment.stages).
+	Stage string `protobuf:"bytes,19,opt,name=stage,proto3" json:"stage,omitempty"`
+	// stage_retries counts the infrastructure failures of the current stage's request
+	// (builder, scheduler unreachable; no capacity) so far.
+	StageRetries uint32 `protobuf:"varint,20,opt,name=stage_retries,json=stageRetries,proto3" json:"stage_retries,omitempty"`
+	// stage_retry_at is when the current stage's request is sent again after a failure.
+	StageRetryAt  *timestamppb.Timestamp `protobuf:"bytes,21,opt,name=stage_retry_at,json=stageRetryAt,proto3" json:"stage_retry_at,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *RunStatus) Reset() {
@@ -1035,6 +1049,358 @@ func (x *RunStatus) GetReleasesRecorded() bool {
 	return false
 }
 
+func (x *RunStatus) GetStage() string {
+	if x != nil {
+		return x.Stage
+	}
+	return ""
+}
+
+func (x *RunStatus) GetStageRetries() uint32 {
+	if x != nil {
+		return x.StageRetries
+	}
+	return 0
+}
+
+func (x *RunStatus) GetStageRetryAt() *timestamppb.Timestamp {
+	if x != nil {
+		return x.StageRetryAt
+	}
+	return nil
+}
+
+// Placement is what a container deployment asks the scheduler for.
+type Placement struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// replicas is the number of containers (allocations).
+	Replicas uint32 `protobuf:"varint,1,opt,name=replicas,proto3" json:"replicas,omitempty"`
+	// cpu_millis is the CPU of each container, in thousandths of a core.
+	CpuMillis uint64 `protobuf:"varint,2,opt,name=cpu_millis,json=cpuMillis,proto3" json:"cpu_millis,omitempty"`
+	// memory_bytes is the memory limit of each container (at least 6 MiB).
+	MemoryBytes uint64 `protobuf:"varint,3,opt,name=memory_bytes,json=memoryBytes,proto3" json:"memory_bytes,omitempty"`
+	// spread spreads the containers over the values of "dc" or "rack"; empty for none.
+	Spread string `protobuf:"bytes,4,opt,name=spread,proto3" json:"spread,omitempty"`
+	// constraints is a label expression every chosen host must satisfy (the scheduler's
+	// grammar: key=value, key!=value, key in (a,b), has key, ... joined by ",").
+	Constraints string `protobuf:"bytes,5,opt,name=constraints,proto3" json:"constraints,omitempty"`
+	// max_per_host caps the containers of the service on one host (0: no cap). The
+	// service's old allocations count until they are retired.
+	MaxPerHost    uint32 `protobuf:"varint,6,opt,name=max_per_host,json=maxPerHost,proto3" json:"max_per_host,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Placement) Reset() {
+	*x = Placement{}
+	mi := &file_berth_controller_v1_controller_proto_msgTypes[11]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Placement) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Placement) ProtoMessage() {}
+
+func (x *Placement) ProtoReflect() protoreflect.Message {
+	mi := &file_berth_controller_v1_controller_proto_msgTypes[11]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Placement.ProtoReflect.Descriptor instead.
+func (*Placement) Descriptor() ([]byte, []int) {
+	return file_berth_controller_v1_controller_proto_rawDescGZIP(), []int{11}
+}
+
+func (x *Placement) GetReplicas() uint32 {
+	if x != nil {
+		return x.Replicas
+	}
+	return 0
+}
+
+func (x *Placement) GetCpuMillis() uint64 {
+	if x != nil {
+		return x.CpuMillis
+	}
+	return 0
+}
+
+func (x *Placement) GetMemoryBytes() uint64 {
+	if x != nil {
+		return x.MemoryBytes
+	}
+	return 0
+}
+
+func (x *Placement) GetSpread() string {
+	if x != nil {
+		return x.Spread
+	}
+	return ""
+}
+
+func (x *Placement) GetConstraints() string {
+	if x != nil {
+		return x.Constraints
+	}
+	return ""
+}
+
+func (x *Placement) GetMaxPerHost() uint32 {
+	if x != nil {
+		return x.MaxPerHost
+	}
+	return 0
+}
+
+// ContainerImage is the image a container deployment runs.
+type ContainerImage struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// reference is <registry>/<service path>:<version>.
+	Reference string `protobuf:"bytes,1,opt,name=reference,proto3" json:"reference,omitempty"`
+	// digest is the manifest digest (sha256:...).
+	Digest string `protobuf:"bytes,2,opt,name=digest,proto3" json:"digest,omitempty"`
+	// pull is the reference pinned by digest that agents pull: <registry>/<path>@sha256:...
+	Pull string `protobuf:"bytes,3,opt,name=pull,proto3" json:"pull,omitempty"`
+	// cached is true when the builder had the image already.
+	Cached        bool `protobuf:"varint,4,opt,name=cached,proto3" json:"cached,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ContainerImage) Reset() {
+	*x = ContainerImage{}
+	mi := &file_berth_controller_v1_controller_proto_msgTypes[12]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ContainerImage) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ContainerImage) ProtoMessage() {}
+
+func (x *ContainerImage) ProtoReflect() protoreflect.Message {
+	mi := &file_berth_controller_v1_controller_proto_msgTypes[12]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ContainerImage.ProtoReflect.Descriptor instead.
+func (*ContainerImage) Descriptor() ([]byte, []int) {
+	return file_berth_controller_v1_controller_proto_rawDescGZIP(), []int{12}
+}
+
+func (x *ContainerImage) GetReference() string {
+	if x != nil {
+		return x.Reference
+	}
+	return ""
+}
+
+func (x *ContainerImage) GetDigest() string {
+	if x != nil {
+		return x.Digest
+	}
+	return ""
+}
+
+func (x *ContainerImage) GetPull() string {
+	if x != nil {
+		return x.Pull
+	}
+	return ""
+}
+
+func (x *ContainerImage) GetCached() bool {
+	if x != nil {
+		return x.Cached
+	}
+	return false
+}
+
+// ContainerAllocation is one allocation a container deployment deploys to or retires.
+type ContainerAllocation struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// id is the scheduler's allocation id.
+	Id string `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
+	// host is the host id.
+	Host string `protobuf:"bytes,2,opt,name=host,proto3" json:"host,omitempty"`
+	// ip is the container's address.
+	Ip string `protobuf:"bytes,3,opt,name=ip,proto3" json:"ip,omitempty"`
+	// dc is the host's datacenter.
+	Dc string `protobuf:"bytes,4,opt,name=dc,proto3" json:"dc,omitempty"`
+	// version is the version the allocation is for (for an old allocation: what it runs).
+	Version string `protobuf:"bytes,5,opt,name=version,proto3" json:"version,omitempty"`
+	// deployment_id is the deployment that placed it.
+	DeploymentId  string `protobuf:"bytes,6,opt,name=deployment_id,json=deploymentId,proto3" json:"deployment_id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ContainerAllocation) Reset() {
+	*x = ContainerAllocation{}
+	mi := &file_berth_controller_v1_controller_proto_msgTypes[13]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ContainerAllocation) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ContainerAllocation) ProtoMessage() {}
+
+func (x *ContainerAllocation) ProtoReflect() protoreflect.Message {
+	mi := &file_berth_controller_v1_controller_proto_msgTypes[13]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ContainerAllocation.ProtoReflect.Descriptor instead.
+func (*ContainerAllocation) Descriptor() ([]byte, []int) {
+	return file_berth_controller_v1_controller_proto_rawDescGZIP(), []int{13}
+}
+
+func (x *ContainerAllocation) GetId() string {
+	if x != nil {
+		return x.Id
+	}
+	return ""
+}
+
+func (x *ContainerAllocation) GetHost() string {
+	if x != nil {
+		return x.Host
+	}
+	return ""
+}
+
+func (x *ContainerAllocation) GetIp() string {
+	if x != nil {
+		return x.Ip
+	}
+	return ""
+}
+
+func (x *ContainerAllocation) GetDc() string {
+	if x != nil {
+		return x.Dc
+	}
+	return ""
+}
+
+func (x *ContainerAllocation) GetVersion() string {
+	if x != nil {
+		return x.Version
+	}
+	return ""
+}
+
+func (x *ContainerAllocation) GetDeploymentId() string {
+	if x != nil {
+		return x.DeploymentId
+	}
+	return ""
+}
+
+// Replacement says that a container deployment deploys one allocation the scheduler placed
+// again after its host went down (alloc.rescheduled).
+type Replacement struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// allocation is the new allocation.
+	Allocation string `protobuf:"bytes,1,opt,name=allocation,proto3" json:"allocation,omitempty"`
+	// replaces is the allocation of the down host it replaces.
+	Replaces string `protobuf:"bytes,2,opt,name=replaces,proto3" json:"replaces,omitempty"`
+	// host is the down host.
+	Host string `protobuf:"bytes,3,opt,name=host,proto3" json:"host,omitempty"`
+	// deployment_id is the run that deploys it; in /berth/controller/replacements records.
+	DeploymentId  string `protobuf:"bytes,4,opt,name=deployment_id,json=deploymentId,proto3" json:"deployment_id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Replacement) Reset() {
+	*x = Replacement{}
+	mi := &file_berth_controller_v1_controller_proto_msgTypes[14]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Replacement) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Replacement) ProtoMessage() {}
+
+func (x *Replacement) ProtoReflect() protoreflect.Message {
+	mi := &file_berth_controller_v1_controller_proto_msgTypes[14]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Replacement.ProtoReflect.Descriptor instead.
+func (*Replacement) Descriptor() ([]byte, []int) {
+	return file_berth_controller_v1_controller_proto_rawDescGZIP(), []int{14}
+}
+
+func (x *Replacement) GetAllocation() string {
+	if x != nil {
+		return x.Allocation
+	}
+	return ""
+}
+
+func (x *Replacement) GetReplaces() string {
+	if x != nil {
+		return x.Replaces
+	}
+	return ""
+}
+
+func (x *Replacement) GetHost() string {
+	if x != nil {
+		return x.Host
+	}
+	return ""
+}
+
+func (x *Replacement) GetDeploymentId() string {
+	if x != nil {
+		return x.DeploymentId
+	}
+	return ""
+}
+
 // Deployment is one rollout of a version of a service: /berth/deployments/<id>.
 type Deployment struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -1044,9 +1410,10 @@ type Deployment struct {
 	Service string `protobuf:"bytes,2,opt,name=service,proto3" json:"service,omitempty"`
 	// version is the version deployed.
 	Version string `protobuf:"bytes,3,opt,name=version,proto3" json:"version,omitempty"`
-	// mode is package (container later).
+	// mode is package or container.
 	Mode string `protobuf:"bytes,4,opt,name=mode,proto3" json:"mode,omitempty"`
-	// artifact is the package.
+	// artifact is the package (container mode: the package the image is built from; unset
+	// in a replacement run).
 	Artifact *Artifact `protobuf:"bytes,5,opt,name=artifact,proto3" json:"artifact,omitempty"`
 	// hosts are the targets in rollout order.
 	Hosts []string `protobuf:"bytes,6,rep,name=hosts,proto3" json:"hosts,omitempty"`
@@ -1060,20 +1427,37 @@ type Deployment struct {
 	RequestedBy string `protobuf:"bytes,10,opt,name=requested_by,json=requestedBy,proto3" json:"requested_by,omitempty"`
 	// queue says the deployment waits behind a running deployment of the same service.
 	Queue bool `protobuf:"varint,11,opt,name=queue,proto3" json:"queue,omitempty"`
-	// stages are the pipeline's stages in order (package mode: steps).
+	// stages are the pipeline's stages in order (package mode: steps; container mode:
+	// image, placement, steps; a replacement run: image, steps).
 	Stages []string `protobuf:"bytes,12,rep,name=stages,proto3" json:"stages,omitempty"`
 	// targets are the per-host records; filled in API answers, not stored in the header.
 	Targets []*Target `protobuf:"bytes,13,rep,name=targets,proto3" json:"targets,omitempty"`
 	// revision is the coord revision of the newest record the answer was read from; filled
 	// in API answers (use it as after_revision to wait for the next change).
-	Revision      int64 `protobuf:"varint,14,opt,name=revision,proto3" json:"revision,omitempty"`
+	Revision int64 `protobuf:"varint,14,opt,name=revision,proto3" json:"revision,omitempty"`
+	// placement is what a container deployment asks the scheduler for.
+	Placement *Placement `protobuf:"bytes,15,opt,name=placement,proto3" json:"placement,omitempty"`
+	// image is the image of the version, once the builder answered (container mode).
+	Image *ContainerImage `protobuf:"bytes,16,opt,name=image,proto3" json:"image,omitempty"`
+	// allocations are the container deployment's targets in rollout order, once placed.
+	Allocations []*ContainerAllocation `protobuf:"bytes,17,rep,name=allocations,proto3" json:"allocations,omitempty"`
+	// retire are the service's old allocations the deployment stops and releases, batch by
+	// batch, as its new containers become healthy.
+	Retire []*ContainerAllocation `protobuf:"bytes,18,rep,name=retire,proto3" json:"retire,omitempty"`
+	// previous_version is the version the service's old allocations run (rollback target).
+	PreviousVersion string `protobuf:"bytes,19,opt,name=previous_version,json=previousVersion,proto3" json:"previous_version,omitempty"`
+	// previous_image is the pull reference of previous_version's image; empty when it has
+	// none (a rollback then stops the new containers).
+	PreviousImage string `protobuf:"bytes,20,opt,name=previous_image,json=previousImage,proto3" json:"previous_image,omitempty"`
+	// replacement is set on a run that deploys a rescheduled allocation.
+	Replacement   *Replacement `protobuf:"bytes,21,opt,name=replacement,proto3" json:"replacement,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *Deployment) Reset() {
 	*x = Deployment{}
-	mi := &file_berth_controller_v1_controller_proto_msgTypes[11]
+	mi := &file_berth_controller_v1_controller_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1085,7 +1469,7 @@ func (x *Deployment) String() string {
 func (*Deployment) ProtoMessage() {}
 
 func (x *Deployment) ProtoReflect() protoreflect.Message {
-	mi := &file_berth_controller_v1_controller_proto_msgTypes[11]
+	mi := &file_berth_controller_v1_controller_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1098,7 +1482,7 @@ func (x *Deployment) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Deployment.ProtoReflect.Descriptor instead.
 func (*Deployment) Descriptor() ([]byte, []int) {
-	return file_berth_controller_v1_controller_proto_rawDescGZIP(), []int{11}
+	return file_berth_controller_v1_controller_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *Deployment) GetId() string {
@@ -1199,6 +1583,55 @@ func (x *Deployment) GetRevision() int64 {
 	return 0
 }
 
+func (x *Deployment) GetPlacement() *Placement {
+	if x != nil {
+		return x.Placement
+	}
+	return nil
+}
+
+func (x *Deployment) GetImage() *ContainerImage {
+	if x != nil {
+		return x.Image
+	}
+	return nil
+}
+
+func (x *Deployment) GetAllocations() []*ContainerAllocation {
+	if x != nil {
+		return x.Allocations
+	}
+	return nil
+}
+
+func (x *Deployment) GetRetire() []*ContainerAllocation {
+	if x != nil {
+		return x.Retire
+	}
+	return nil
+}
+
+func (x *Deployment) GetPreviousVersion() string {
+	if x != nil {
+		return x.PreviousVersion
+	}
+	return ""
+}
+
+func (x *Deployment) GetPreviousImage() string {
+	if x != nil {
+		return x.PreviousImage
+	}
+	return ""
+}
+
+func (x *Deployment) GetReplacement() *Replacement {
+	if x != nil {
+		return x.Replacement
+	}
+	return nil
+}
+
 // StepRecord is what the controller knows of the step a target runs now.
 type StepRecord struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -1225,7 +1658,7 @@ type StepRecord struct {
 
 func (x *StepRecord) Reset() {
 	*x = StepRecord{}
-	mi := &file_berth_controller_v1_controller_proto_msgTypes[12]
+	mi := &file_berth_controller_v1_controller_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1237,7 +1670,7 @@ func (x *StepRecord) String() string {
 func (*StepRecord) ProtoMessage() {}
 
 func (x *StepRecord) ProtoReflect() protoreflect.Message {
-	mi := &file_berth_controller_v1_controller_proto_msgTypes[12]
+	mi := &file_berth_controller_v1_controller_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1250,7 +1683,7 @@ func (x *StepRecord) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StepRecord.ProtoReflect.Descriptor instead.
 func (*StepRecord) Descriptor() ([]byte, []int) {
-	return file_berth_controller_v1_controller_proto_rawDescGZIP(), []int{12}
+	return file_berth_controller_v1_controller_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *StepRecord) GetId() string {
@@ -1345,14 +1778,25 @@ type Target struct {
 	// rollback_message is one line about the rollback.
 	RollbackMessage string `protobuf:"bytes,15,opt,name=rollback_message,json=rollbackMessage,proto3" json:"rollback_message,omitempty"`
 	// touched says a step that may change the host was dispatched to it.
-	Touched       bool `protobuf:"varint,16,opt,name=touched,proto3" json:"touched,omitempty"`
+	Touched bool `protobuf:"varint,16,opt,name=touched,proto3" json:"touched,omitempty"`
+	// allocation is the allocation id in container mode: the target's key.
+	Allocation string `protobuf:"bytes,17,opt,name=allocation,proto3" json:"allocation,omitempty"`
+	// ip is the allocation's (the container's) address.
+	Ip string `protobuf:"bytes,18,opt,name=ip,proto3" json:"ip,omitempty"`
+	// retire marks an old allocation of the service that the deployment retires (its step
+	// stops the container); it belongs to no batch's count and to no failure budget.
+	Retire bool `protobuf:"varint,19,opt,name=retire,proto3" json:"retire,omitempty"`
+	// released is set once the allocation was released to the scheduler.
+	Released bool `protobuf:"varint,20,opt,name=released,proto3" json:"released,omitempty"`
+	// version is the version the allocation runs (an old allocation's, for retire targets).
+	Version       string `protobuf:"bytes,21,opt,name=version,proto3" json:"version,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *Target) Reset() {
 	*x = Target{}
-	mi := &file_berth_controller_v1_controller_proto_msgTypes[13]
+	mi := &file_berth_controller_v1_controller_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1364,7 +1808,7 @@ func (x *Target) String() string {
 func (*Target) ProtoMessage() {}
 
 func (x *Target) ProtoReflect() protoreflect.Message {
-	mi := &file_berth_controller_v1_controller_proto_msgTypes[13]
+	mi := &file_berth_controller_v1_controller_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1377,7 +1821,7 @@ func (x *Target) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Target.ProtoReflect.Descriptor instead.
 func (*Target) Descriptor() ([]byte, []int) {
-	return file_berth_controller_v1_controller_proto_rawDescGZIP(), []int{13}
+	return file_berth_controller_v1_controller_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *Target) GetHost() string {
@@ -1492,6 +1936,41 @@ func (x *Target) GetTouched() bool {
 	return false
 }
 
+func (x *Target) GetAllocation() string {
+	if x != nil {
+		return x.Allocation
+	}
+	return ""
+}
+
+func (x *Target) GetIp() string {
+	if x != nil {
+		return x.Ip
+	}
+	return ""
+}
+
+func (x *Target) GetRetire() bool {
+	if x != nil {
+		return x.Retire
+	}
+	return false
+}
+
+func (x *Target) GetReleased() bool {
+	if x != nil {
+		return x.Released
+	}
+	return false
+}
+
+func (x *Target) GetVersion() string {
+	if x != nil {
+		return x.Version
+	}
+	return ""
+}
+
 // Task is a generic plugin run on hosts: /berth/tasks/<id>.
 type Task struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -1525,7 +2004,7 @@ type Task struct {
 
 func (x *Task) Reset() {
 	*x = Task{}
-	mi := &file_berth_controller_v1_controller_proto_msgTypes[14]
+	mi := &file_berth_controller_v1_controller_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1537,7 +2016,7 @@ func (x *Task) String() string {
 func (*Task) ProtoMessage() {}
 
 func (x *Task) ProtoReflect() protoreflect.Message {
-	mi := &file_berth_controller_v1_controller_proto_msgTypes[14]
+	mi := &file_berth_controller_v1_controller_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1550,7 +2029,7 @@ func (x *Task) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Task.ProtoReflect.Descriptor instead.
 func (*Task) Descriptor() ([]byte, []int) {
-	return file_berth_controller_v1_controller_proto_rawDescGZIP(), []int{14}
+	return file_berth_controller_v1_controller_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *Task) GetId() string {
@@ -1667,7 +2146,7 @@ type Step struct {
 
 func (x *Step) Reset() {
 	*x = Step{}
-	mi := &file_berth_controller_v1_controller_proto_msgTypes[15]
+	mi := &file_berth_controller_v1_controller_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1679,7 +2158,7 @@ func (x *Step) String() string {
 func (*Step) ProtoMessage() {}
 
 func (x *Step) ProtoReflect() protoreflect.Message {
-	mi := &file_berth_controller_v1_controller_proto_msgTypes[15]
+	mi := &file_berth_controller_v1_controller_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1692,7 +2171,7 @@ func (x *Step) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Step.ProtoReflect.Descriptor instead.
 func (*Step) Descriptor() ([]byte, []int) {
-	return file_berth_controller_v1_controller_proto_rawDescGZIP(), []int{15}
+	return file_berth_controller_v1_controller_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *Step) GetHost() string {
@@ -1790,7 +2269,7 @@ type Control struct {
 
 func (x *Control) Reset() {
 	*x = Control{}
-	mi := &file_berth_controller_v1_controller_proto_msgTypes[16]
+	mi := &file_berth_controller_v1_controller_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1802,7 +2281,7 @@ func (x *Control) String() string {
 func (*Control) ProtoMessage() {}
 
 func (x *Control) ProtoReflect() protoreflect.Message {
-	mi := &file_berth_controller_v1_controller_proto_msgTypes[16]
+	mi := &file_berth_controller_v1_controller_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1815,7 +2294,7 @@ func (x *Control) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Control.ProtoReflect.Descriptor instead.
 func (*Control) Descriptor() ([]byte, []int) {
-	return file_berth_controller_v1_controller_proto_rawDescGZIP(), []int{16}
+	return file_berth_controller_v1_controller_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *Control) GetKind() string {
@@ -1878,7 +2357,7 @@ type ServiceLock struct {
 
 func (x *ServiceLock) Reset() {
 	*x = ServiceLock{}
-	mi := &file_berth_controller_v1_controller_proto_msgTypes[17]
+	mi := &file_berth_controller_v1_controller_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1890,7 +2369,7 @@ func (x *ServiceLock) String() string {
 func (*ServiceLock) ProtoMessage() {}
 
 func (x *ServiceLock) ProtoReflect() protoreflect.Message {
-	mi := &file_berth_controller_v1_controller_proto_msgTypes[17]
+	mi := &file_berth_controller_v1_controller_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1903,7 +2382,7 @@ func (x *ServiceLock) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ServiceLock.ProtoReflect.Descriptor instead.
 func (*ServiceLock) Descriptor() ([]byte, []int) {
-	return file_berth_controller_v1_controller_proto_rawDescGZIP(), []int{17}
+	return file_berth_controller_v1_controller_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *ServiceLock) GetDeploymentId() string {
@@ -1935,7 +2414,7 @@ type Release struct {
 
 func (x *Release) Reset() {
 	*x = Release{}
-	mi := &file_berth_controller_v1_controller_proto_msgTypes[18]
+	mi := &file_berth_controller_v1_controller_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1947,7 +2426,7 @@ func (x *Release) String() string {
 func (*Release) ProtoMessage() {}
 
 func (x *Release) ProtoReflect() protoreflect.Message {
-	mi := &file_berth_controller_v1_controller_proto_msgTypes[18]
+	mi := &file_berth_controller_v1_controller_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1960,7 +2439,7 @@ func (x *Release) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Release.ProtoReflect.Descriptor instead.
 func (*Release) Descriptor() ([]byte, []int) {
-	return file_berth_controller_v1_controller_proto_rawDescGZIP(), []int{18}
+	return file_berth_controller_v1_controller_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *Release) GetVersion() string {
@@ -2079,7 +2558,7 @@ const file_berth_controller_v1_controller_proto_rawDesc = "" +
 	"\tsucceeded\x18\x04 \x01(\x05R\tsucceeded\x12\x16\n" +
 	"\x06failed\x18\x05 \x01(\x05R\x06failed\x12 \n" +
 	"\vunreachable\x18\x06 \x01(\x05R\vunreachable\x12\x18\n" +
-	"\askipped\x18\a \x01(\x05R\askipped\"\xa2\x06\n" +
+	"\askipped\x18\a \x01(\x05R\askipped\"\x9f\a\n" +
 	"\tRunStatus\x12\x14\n" +
 	"\x05state\x18\x01 \x01(\tR\x05state\x12\x18\n" +
 	"\amessage\x18\x02 \x01(\tR\amessage\x124\n" +
@@ -2104,7 +2583,38 @@ const file_berth_controller_v1_controller_proto_rawDesc = "" +
 	"pauseCount\x12#\n" +
 	"\rfailure_class\x18\x10 \x01(\tR\ffailureClass\x12!\n" +
 	"\fleader_token\x18\x11 \x01(\x04R\vleaderToken\x12+\n" +
-	"\x11releases_recorded\x18\x12 \x01(\bR\x10releasesRecorded\"\x89\x04\n" +
+	"\x11releases_recorded\x18\x12 \x01(\bR\x10releasesRecorded\x12\x14\n" +
+	"\x05stage\x18\x13 \x01(\tR\x05stage\x12#\n" +
+	"\rstage_retries\x18\x14 \x01(\rR\fstageRetries\x12@\n" +
+	"\x0estage_retry_at\x18\x15 \x01(\v2\x1a.google.protobuf.TimestampR\fstageRetryAt\"\xc5\x01\n" +
+	"\tPlacement\x12\x1a\n" +
+	"\breplicas\x18\x01 \x01(\rR\breplicas\x12\x1d\n" +
+	"\n" +
+	"cpu_millis\x18\x02 \x01(\x04R\tcpuMillis\x12!\n" +
+	"\fmemory_bytes\x18\x03 \x01(\x04R\vmemoryBytes\x12\x16\n" +
+	"\x06spread\x18\x04 \x01(\tR\x06spread\x12 \n" +
+	"\vconstraints\x18\x05 \x01(\tR\vconstraints\x12 \n" +
+	"\fmax_per_host\x18\x06 \x01(\rR\n" +
+	"maxPerHost\"r\n" +
+	"\x0eContainerImage\x12\x1c\n" +
+	"\treference\x18\x01 \x01(\tR\treference\x12\x16\n" +
+	"\x06digest\x18\x02 \x01(\tR\x06digest\x12\x12\n" +
+	"\x04pull\x18\x03 \x01(\tR\x04pull\x12\x16\n" +
+	"\x06cached\x18\x04 \x01(\bR\x06cached\"\x98\x01\n" +
+	"\x13ContainerAllocation\x12\x0e\n" +
+	"\x02id\x18\x01 \x01(\tR\x02id\x12\x12\n" +
+	"\x04host\x18\x02 \x01(\tR\x04host\x12\x0e\n" +
+	"\x02ip\x18\x03 \x01(\tR\x02ip\x12\x0e\n" +
+	"\x02dc\x18\x04 \x01(\tR\x02dc\x12\x18\n" +
+	"\aversion\x18\x05 \x01(\tR\aversion\x12#\n" +
+	"\rdeployment_id\x18\x06 \x01(\tR\fdeploymentId\"\x82\x01\n" +
+	"\vReplacement\x12\x1e\n" +
+	"\n" +
+	"allocation\x18\x01 \x01(\tR\n" +
+	"allocation\x12\x1a\n" +
+	"\breplaces\x18\x02 \x01(\tR\breplaces\x12\x12\n" +
+	"\x04host\x18\x03 \x01(\tR\x04host\x12#\n" +
+	"\rdeployment_id\x18\x04 \x01(\tR\fdeploymentId\"\xa6\a\n" +
 	"\n" +
 	"Deployment\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x18\n" +
@@ -2121,7 +2631,14 @@ const file_berth_controller_v1_controller_proto_rawDesc = "" +
 	"\x05queue\x18\v \x01(\bR\x05queue\x12\x16\n" +
 	"\x06stages\x18\f \x03(\tR\x06stages\x125\n" +
 	"\atargets\x18\r \x03(\v2\x1b.berth.controller.v1.TargetR\atargets\x12\x1a\n" +
-	"\brevision\x18\x0e \x01(\x03R\brevision\"\x98\x02\n" +
+	"\brevision\x18\x0e \x01(\x03R\brevision\x12<\n" +
+	"\tplacement\x18\x0f \x01(\v2\x1e.berth.controller.v1.PlacementR\tplacement\x129\n" +
+	"\x05image\x18\x10 \x01(\v2#.berth.controller.v1.ContainerImageR\x05image\x12J\n" +
+	"\vallocations\x18\x11 \x03(\v2(.berth.controller.v1.ContainerAllocationR\vallocations\x12@\n" +
+	"\x06retire\x18\x12 \x03(\v2(.berth.controller.v1.ContainerAllocationR\x06retire\x12)\n" +
+	"\x10previous_version\x18\x13 \x01(\tR\x0fpreviousVersion\x12%\n" +
+	"\x0eprevious_image\x18\x14 \x01(\tR\rpreviousImage\x12B\n" +
+	"\vreplacement\x18\x15 \x01(\v2 .berth.controller.v1.ReplacementR\vreplacement\"\x98\x02\n" +
 	"\n" +
 	"StepRecord\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x12\n" +
@@ -2131,7 +2648,7 @@ const file_berth_controller_v1_controller_proto_rawDesc = "" +
 	"\aretries\x18\x05 \x01(\rR\aretries\x12>\n" +
 	"\rnext_retry_at\x18\x06 \x01(\v2\x1a.google.protobuf.TimestampR\vnextRetryAt\x12\x1b\n" +
 	"\texit_code\x18\a \x01(\x05R\bexitCode\x12\x14\n" +
-	"\x05state\x18\b \x01(\tR\x05state\"\xfe\x04\n" +
+	"\x05state\x18\b \x01(\tR\x05state\"\xfc\x05\n" +
 	"\x06Target\x12\x12\n" +
 	"\x04host\x18\x01 \x01(\tR\x04host\x12\x14\n" +
 	"\x05state\x18\x02 \x01(\tR\x05state\x12\x14\n" +
@@ -2150,7 +2667,14 @@ const file_berth_controller_v1_controller_proto_rawDesc = "" +
 	"\x0fhealth_check_at\x18\r \x01(\v2\x1a.google.protobuf.TimestampR\rhealthCheckAt\x12\x1a\n" +
 	"\brollback\x18\x0e \x01(\tR\brollback\x12)\n" +
 	"\x10rollback_message\x18\x0f \x01(\tR\x0frollbackMessage\x12\x18\n" +
-	"\atouched\x18\x10 \x01(\bR\atouched\"\xf3\x03\n" +
+	"\atouched\x18\x10 \x01(\bR\atouched\x12\x1e\n" +
+	"\n" +
+	"allocation\x18\x11 \x01(\tR\n" +
+	"allocation\x12\x0e\n" +
+	"\x02ip\x18\x12 \x01(\tR\x02ip\x12\x16\n" +
+	"\x06retire\x18\x13 \x01(\bR\x06retire\x12\x1a\n" +
+	"\breleased\x18\x14 \x01(\bR\breleased\x12\x18\n" +
+	"\aversion\x18\x15 \x01(\tR\aversion\"\xf3\x03\n" +
 	"\x04Task\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x16\n" +
 	"\x06plugin\x18\x02 \x01(\tR\x06plugin\x12\x16\n" +
@@ -2212,7 +2736,7 @@ func file_berth_controller_v1_controller_proto_rawDescGZIP() []byte {
 	return file_berth_controller_v1_controller_proto_rawDescData
 }
 
-var file_berth_controller_v1_controller_proto_msgTypes = make([]protoimpl.MessageInfo, 21)
+var file_berth_controller_v1_controller_proto_msgTypes = make([]protoimpl.MessageInfo, 25)
 var file_berth_controller_v1_controller_proto_goTypes = []any{
 	(*HealthGate)(nil),            // 0: berth.controller.v1.HealthGate
 	(*Strategy)(nil),              // 1: berth.controller.v1.Strategy
@@ -2225,74 +2749,84 @@ var file_berth_controller_v1_controller_proto_goTypes = []any{
 	(*Batch)(nil),                 // 8: berth.controller.v1.Batch
 	(*TargetCounts)(nil),          // 9: berth.controller.v1.TargetCounts
 	(*RunStatus)(nil),             // 10: berth.controller.v1.RunStatus
-	(*Deployment)(nil),            // 11: berth.controller.v1.Deployment
-	(*StepRecord)(nil),            // 12: berth.controller.v1.StepRecord
-	(*Target)(nil),                // 13: berth.controller.v1.Target
-	(*Task)(nil),                  // 14: berth.controller.v1.Task
-	(*Step)(nil),                  // 15: berth.controller.v1.Step
-	(*Control)(nil),               // 16: berth.controller.v1.Control
-	(*ServiceLock)(nil),           // 17: berth.controller.v1.ServiceLock
-	(*Release)(nil),               // 18: berth.controller.v1.Release
-	nil,                           // 19: berth.controller.v1.ServiceNode.LabelsEntry
-	nil,                           // 20: berth.controller.v1.Task.ArgumentsEntry
-	(*durationpb.Duration)(nil),   // 21: google.protobuf.Duration
-	(*timestamppb.Timestamp)(nil), // 22: google.protobuf.Timestamp
-	(*structpb.Value)(nil),        // 23: google.protobuf.Value
+	(*Placement)(nil),             // 11: berth.controller.v1.Placement
+	(*ContainerImage)(nil),        // 12: berth.controller.v1.ContainerImage
+	(*ContainerAllocation)(nil),   // 13: berth.controller.v1.ContainerAllocation
+	(*Replacement)(nil),           // 14: berth.controller.v1.Replacement
+	(*Deployment)(nil),            // 15: berth.controller.v1.Deployment
+	(*StepRecord)(nil),            // 16: berth.controller.v1.StepRecord
+	(*Target)(nil),                // 17: berth.controller.v1.Target
+	(*Task)(nil),                  // 18: berth.controller.v1.Task
+	(*Step)(nil),                  // 19: berth.controller.v1.Step
+	(*Control)(nil),               // 20: berth.controller.v1.Control
+	(*ServiceLock)(nil),           // 21: berth.controller.v1.ServiceLock
+	(*Release)(nil),               // 22: berth.controller.v1.Release
+	nil,                           // 23: berth.controller.v1.ServiceNode.LabelsEntry
+	nil,                           // 24: berth.controller.v1.Task.ArgumentsEntry
+	(*durationpb.Duration)(nil),   // 25: google.protobuf.Duration
+	(*timestamppb.Timestamp)(nil), // 26: google.protobuf.Timestamp
+	(*structpb.Value)(nil),        // 27: google.protobuf.Value
 }
 var file_berth_controller_v1_controller_proto_depIdxs = []int32{
-	21, // 0: berth.controller.v1.HealthGate.min_healthy_time:type_name -> google.protobuf.Duration
-	21, // 1: berth.controller.v1.HealthGate.deadline:type_name -> google.protobuf.Duration
+	25, // 0: berth.controller.v1.HealthGate.min_healthy_time:type_name -> google.protobuf.Duration
+	25, // 1: berth.controller.v1.HealthGate.deadline:type_name -> google.protobuf.Duration
 	0,  // 2: berth.controller.v1.Strategy.health_gate:type_name -> berth.controller.v1.HealthGate
-	21, // 3: berth.controller.v1.Strategy.progress_deadline:type_name -> google.protobuf.Duration
-	21, // 4: berth.controller.v1.Strategy.step_timeout:type_name -> google.protobuf.Duration
-	21, // 5: berth.controller.v1.HealthPolicy.interval:type_name -> google.protobuf.Duration
-	21, // 6: berth.controller.v1.HealthPolicy.timeout:type_name -> google.protobuf.Duration
+	25, // 3: berth.controller.v1.Strategy.progress_deadline:type_name -> google.protobuf.Duration
+	25, // 4: berth.controller.v1.Strategy.step_timeout:type_name -> google.protobuf.Duration
+	25, // 5: berth.controller.v1.HealthPolicy.interval:type_name -> google.protobuf.Duration
+	25, // 6: berth.controller.v1.HealthPolicy.timeout:type_name -> google.protobuf.Duration
 	1,  // 7: berth.controller.v1.Policy.strategy:type_name -> berth.controller.v1.Strategy
 	2,  // 8: berth.controller.v1.Policy.health:type_name -> berth.controller.v1.HealthPolicy
-	21, // 9: berth.controller.v1.Policy.dns_ttl:type_name -> google.protobuf.Duration
-	19, // 10: berth.controller.v1.ServiceNode.labels:type_name -> berth.controller.v1.ServiceNode.LabelsEntry
+	25, // 9: berth.controller.v1.Policy.dns_ttl:type_name -> google.protobuf.Duration
+	23, // 10: berth.controller.v1.ServiceNode.labels:type_name -> berth.controller.v1.ServiceNode.LabelsEntry
 	3,  // 11: berth.controller.v1.ServiceNode.policy:type_name -> berth.controller.v1.Policy
-	22, // 12: berth.controller.v1.ServiceNode.created_at:type_name -> google.protobuf.Timestamp
-	22, // 13: berth.controller.v1.ServiceNode.updated_at:type_name -> google.protobuf.Timestamp
-	23, // 14: berth.controller.v1.EffectiveValue.value:type_name -> google.protobuf.Value
+	26, // 12: berth.controller.v1.ServiceNode.created_at:type_name -> google.protobuf.Timestamp
+	26, // 13: berth.controller.v1.ServiceNode.updated_at:type_name -> google.protobuf.Timestamp
+	27, // 14: berth.controller.v1.EffectiveValue.value:type_name -> google.protobuf.Value
 	5,  // 15: berth.controller.v1.EffectivePolicy.values:type_name -> berth.controller.v1.EffectiveValue
-	22, // 16: berth.controller.v1.Batch.started_at:type_name -> google.protobuf.Timestamp
-	22, // 17: berth.controller.v1.Batch.completed_at:type_name -> google.protobuf.Timestamp
+	26, // 16: berth.controller.v1.Batch.started_at:type_name -> google.protobuf.Timestamp
+	26, // 17: berth.controller.v1.Batch.completed_at:type_name -> google.protobuf.Timestamp
 	8,  // 18: berth.controller.v1.RunStatus.batches:type_name -> berth.controller.v1.Batch
-	22, // 19: berth.controller.v1.RunStatus.created_at:type_name -> google.protobuf.Timestamp
-	22, // 20: berth.controller.v1.RunStatus.started_at:type_name -> google.protobuf.Timestamp
-	22, // 21: berth.controller.v1.RunStatus.ended_at:type_name -> google.protobuf.Timestamp
-	22, // 22: berth.controller.v1.RunStatus.pause_until:type_name -> google.protobuf.Timestamp
-	22, // 23: berth.controller.v1.RunStatus.progress_deadline_at:type_name -> google.protobuf.Timestamp
+	26, // 19: berth.controller.v1.RunStatus.created_at:type_name -> google.protobuf.Timestamp
+	26, // 20: berth.controller.v1.RunStatus.started_at:type_name -> google.protobuf.Timestamp
+	26, // 21: berth.controller.v1.RunStatus.ended_at:type_name -> google.protobuf.Timestamp
+	26, // 22: berth.controller.v1.RunStatus.pause_until:type_name -> google.protobuf.Timestamp
+	26, // 23: berth.controller.v1.RunStatus.progress_deadline_at:type_name -> google.protobuf.Timestamp
 	9,  // 24: berth.controller.v1.RunStatus.counts:type_name -> berth.controller.v1.TargetCounts
-	7,  // 25: berth.controller.v1.Deployment.artifact:type_name -> berth.controller.v1.Artifact
-	1,  // 26: berth.controller.v1.Deployment.strategy:type_name -> berth.controller.v1.Strategy
-	1,  // 27: berth.controller.v1.Deployment.requested:type_name -> berth.controller.v1.Strategy
-	10, // 28: berth.controller.v1.Deployment.status:type_name -> berth.controller.v1.RunStatus
-	13, // 29: berth.controller.v1.Deployment.targets:type_name -> berth.controller.v1.Target
-	22, // 30: berth.controller.v1.StepRecord.dispatched_at:type_name -> google.protobuf.Timestamp
-	22, // 31: berth.controller.v1.StepRecord.next_retry_at:type_name -> google.protobuf.Timestamp
-	12, // 32: berth.controller.v1.Target.step:type_name -> berth.controller.v1.StepRecord
-	22, // 33: berth.controller.v1.Target.started_at:type_name -> google.protobuf.Timestamp
-	22, // 34: berth.controller.v1.Target.ended_at:type_name -> google.protobuf.Timestamp
-	7,  // 35: berth.controller.v1.Target.previous_artifact:type_name -> berth.controller.v1.Artifact
-	22, // 36: berth.controller.v1.Target.health_check_at:type_name -> google.protobuf.Timestamp
-	20, // 37: berth.controller.v1.Task.arguments:type_name -> berth.controller.v1.Task.ArgumentsEntry
-	1,  // 38: berth.controller.v1.Task.strategy:type_name -> berth.controller.v1.Strategy
-	10, // 39: berth.controller.v1.Task.status:type_name -> berth.controller.v1.RunStatus
-	15, // 40: berth.controller.v1.Task.steps:type_name -> berth.controller.v1.Step
-	12, // 41: berth.controller.v1.Step.step:type_name -> berth.controller.v1.StepRecord
-	22, // 42: berth.controller.v1.Step.started_at:type_name -> google.protobuf.Timestamp
-	22, // 43: berth.controller.v1.Step.ended_at:type_name -> google.protobuf.Timestamp
-	22, // 44: berth.controller.v1.Control.created_at:type_name -> google.protobuf.Timestamp
-	7,  // 45: berth.controller.v1.Release.artifact:type_name -> berth.controller.v1.Artifact
-	7,  // 46: berth.controller.v1.Release.previous_artifact:type_name -> berth.controller.v1.Artifact
-	22, // 47: berth.controller.v1.Release.at:type_name -> google.protobuf.Timestamp
-	48, // [48:48] is the sub-list for method output_type
-	48, // [48:48] is the sub-list for method input_type
-	48, // [48:48] is the sub-list for extension type_name
-	48, // [48:48] is the sub-list for extension extendee
-	0,  // [0:48] is the sub-list for field type_name
+	26, // 25: berth.controller.v1.RunStatus.stage_retry_at:type_name -> google.protobuf.Timestamp
+	7,  // 26: berth.controller.v1.Deployment.artifact:type_name -> berth.controller.v1.Artifact
+	1,  // 27: berth.controller.v1.Deployment.strategy:type_name -> berth.controller.v1.Strategy
+	1,  // 28: berth.controller.v1.Deployment.requested:type_name -> berth.controller.v1.Strategy
+	10, // 29: berth.controller.v1.Deployment.status:type_name -> berth.controller.v1.RunStatus
+	17, // 30: berth.controller.v1.Deployment.targets:type_name -> berth.controller.v1.Target
+	11, // 31: berth.controller.v1.Deployment.placement:type_name -> berth.controller.v1.Placement
+	12, // 32: berth.controller.v1.Deployment.image:type_name -> berth.controller.v1.ContainerImage
+	13, // 33: berth.controller.v1.Deployment.allocations:type_name -> berth.controller.v1.ContainerAllocation
+	13, // 34: berth.controller.v1.Deployment.retire:type_name -> berth.controller.v1.ContainerAllocation
+	14, // 35: berth.controller.v1.Deployment.replacement:type_name -> berth.controller.v1.Replacement
+	26, // 36: berth.controller.v1.StepRecord.dispatched_at:type_name -> google.protobuf.Timestamp
+	26, // 37: berth.controller.v1.StepRecord.next_retry_at:type_name -> google.protobuf.Timestamp
+	16, // 38: berth.controller.v1.Target.step:type_name -> berth.controller.v1.StepRecord
+	26, // 39: berth.controller.v1.Target.started_at:type_name -> google.protobuf.Timestamp
+	26, // 40: berth.controller.v1.Target.ended_at:type_name -> google.protobuf.Timestamp
+	7,  // 41: berth.controller.v1.Target.previous_artifact:type_name -> berth.controller.v1.Artifact
+	26, // 42: berth.controller.v1.Target.health_check_at:type_name -> google.protobuf.Timestamp
+	24, // 43: berth.controller.v1.Task.arguments:type_name -> berth.controller.v1.Task.ArgumentsEntry
+	1,  // 44: berth.controller.v1.Task.strategy:type_name -> berth.controller.v1.Strategy
+	10, // 45: berth.controller.v1.Task.status:type_name -> berth.controller.v1.RunStatus
+	19, // 46: berth.controller.v1.Task.steps:type_name -> berth.controller.v1.Step
+	16, // 47: berth.controller.v1.Step.step:type_name -> berth.controller.v1.StepRecord
+	26, // 48: berth.controller.v1.Step.started_at:type_name -> google.protobuf.Timestamp
+	26, // 49: berth.controller.v1.Step.ended_at:type_name -> google.protobuf.Timestamp
+	26, // 50: berth.controller.v1.Control.created_at:type_name -> google.protobuf.Timestamp
+	7,  // 51: berth.controller.v1.Release.artifact:type_name -> berth.controller.v1.Artifact
+	7,  // 52: berth.controller.v1.Release.previous_artifact:type_name -> berth.controller.v1.Artifact
+	26, // 53: berth.controller.v1.Release.at:type_name -> google.protobuf.Timestamp
+	54, // [54:54] is the sub-list for method output_type
+	54, // [54:54] is the sub-list for method input_type
+	54, // [54:54] is the sub-list for extension type_name
+	54, // [54:54] is the sub-list for extension extendee
+	0,  // [0:54] is the sub-list for field type_name
 }
 
 func init() { file_berth_controller_v1_controller_proto_init() }
@@ -2308,7 +2842,7 @@ func file_berth_controller_v1_controller_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_berth_controller_v1_controller_proto_rawDesc), len(file_berth_controller_v1_controller_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   21,
+			NumMessages:   25,
 			NumExtensions: 0,
 			NumServices:   0,
 		},

@@ -937,6 +937,172 @@ func (x *ImageEvent) GetAt() *timestamppb.Timestamp {
 	return nil
 }
 
+// AuditEvent is the record of one mutating request to the controller's HTTP API, allowed or
+// refused. Subject: berth.v1.events.audit.<result>.<service tokens> (the tokens "_" when the
+// request names no service); types: allowed, denied. The same message, as protojson, is the
+// value of the record in coord (/berth/audit/<id>).
+type AuditEvent struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// id names the record: a UTC time (20060102T150405.000000000Z) and a random suffix, so
+	// that records sort by time.
+	Id string `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
+	// who is the name of the token that made the request; empty when it had none or an
+	// unknown one.
+	Who string `protobuf:"bytes,2,opt,name=who,proto3" json:"who,omitempty"`
+	// role is the token's role (viewer, deployer, admin).
+	Role string `protobuf:"bytes,3,opt,name=role,proto3" json:"role,omitempty"`
+	// method and path are the HTTP request's.
+	Method string `protobuf:"bytes,4,opt,name=method,proto3" json:"method,omitempty"`
+	Path   string `protobuf:"bytes,5,opt,name=path,proto3" json:"path,omitempty"`
+	// service is the service path the request acts on, when it names one.
+	Service string `protobuf:"bytes,6,opt,name=service,proto3" json:"service,omitempty"`
+	// result is allowed or denied.
+	Result string `protobuf:"bytes,7,opt,name=result,proto3" json:"result,omitempty"`
+	// status is the HTTP status of the answer; 0 while an allowed request runs.
+	Status int32 `protobuf:"varint,8,opt,name=status,proto3" json:"status,omitempty"`
+	// reason explains a refusal (or an allowed request's error).
+	Reason string `protobuf:"bytes,9,opt,name=reason,proto3" json:"reason,omitempty"`
+	// remote is the client's address.
+	Remote string `protobuf:"bytes,10,opt,name=remote,proto3" json:"remote,omitempty"`
+	// replica is the controller replica that answered.
+	Replica string `protobuf:"bytes,11,opt,name=replica,proto3" json:"replica,omitempty"`
+	// at is when the request arrived; done_at when it was answered.
+	At     *timestamppb.Timestamp `protobuf:"bytes,12,opt,name=at,proto3" json:"at,omitempty"`
+	DoneAt *timestamppb.Timestamp `protobuf:"bytes,13,opt,name=done_at,json=doneAt,proto3" json:"done_at,omitempty"`
+	// resource is what an allowed request created (its Location, /v1/deployments/<id>).
+	Resource      string `protobuf:"bytes,14,opt,name=resource,proto3" json:"resource,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *AuditEvent) Reset() {
+	*x = AuditEvent{}
+	mi := &file_berth_events_v1_events_proto_msgTypes[8]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *AuditEvent) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*AuditEvent) ProtoMessage() {}
+
+func (x *AuditEvent) ProtoReflect() protoreflect.Message {
+	mi := &file_berth_events_v1_events_proto_msgTypes[8]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use AuditEvent.ProtoReflect.Descriptor instead.
+func (*AuditEvent) Descriptor() ([]byte, []int) {
+	return file_berth_events_v1_events_proto_rawDescGZIP(), []int{8}
+}
+
+func (x *AuditEvent) GetId() string {
+	if x != nil {
+		return x.Id
+	}
+	return ""
+}
+
+func (x *AuditEvent) GetWho() string {
+	if x != nil {
+		return x.Who
+	}
+	return ""
+}
+
+func (x *AuditEvent) GetRole() string {
+	if x != nil {
+		return x.Role
+	}
+	return ""
+}
+
+func (x *AuditEvent) GetMethod() string {
+	if x != nil {
+		return x.Method
+	}
+	return ""
+}
+
+func (x *AuditEvent) GetPath() string {
+	if x != nil {
+		return x.Path
+	}
+	return ""
+}
+
+func (x *AuditEvent) GetService() string {
+	if x != nil {
+		return x.Service
+	}
+	return ""
+}
+
+func (x *AuditEvent) GetResult() string {
+	if x != nil {
+		return x.Result
+	}
+	return ""
+}
+
+func (x *AuditEvent) GetStatus() int32 {
+	if x != nil {
+		return x.Status
+	}
+	return 0
+}
+
+func (x *AuditEvent) GetReason() string {
+	if x != nil {
+		return x.Reason
+	}
+	return ""
+}
+
+func (x *AuditEvent) GetRemote() string {
+	if x != nil {
+		return x.Remote
+	}
+	return ""
+}
+
+func (x *AuditEvent) GetReplica() string {
+	if x != nil {
+		return x.Replica
+	}
+	return ""
+}
+
+func (x *AuditEvent) GetAt() *timestamppb.Timestamp {
+	if x != nil {
+		return x.At
+	}
+	return nil
+}
+
+func (x *AuditEvent) GetDoneAt() *timestamppb.Timestamp {
+	if x != nil {
+		return x.DoneAt
+	}
+	return nil
+}
+
+func (x *AuditEvent) GetResource() string {
+	if x != nil {
+		return x.Resource
+	}
+	return ""
+}
+
 var File_berth_events_v1_events_proto protoreflect.FileDescriptor
 
 const file_berth_events_v1_events_proto_rawDesc = "" +
@@ -1028,7 +1194,24 @@ const file_berth_events_v1_events_proto_rawDesc = "" +
 	"\tbuild_log\x18\t \x03(\tR\bbuildLog\x12)\n" +
 	"\x10duration_seconds\x18\n" +
 	" \x01(\x01R\x0fdurationSeconds\x12*\n" +
-	"\x02at\x18\v \x01(\v2\x1a.google.protobuf.TimestampR\x02atB4Z2github.com/berthdev/berth/proto/events/v1;eventsv1b\x06proto3"
+	"\x02at\x18\v \x01(\v2\x1a.google.protobuf.TimestampR\x02at\"\xff\x02\n" +
+	"\n" +
+	"AuditEvent\x12\x0e\n" +
+	"\x02id\x18\x01 \x01(\tR\x02id\x12\x10\n" +
+	"\x03who\x18\x02 \x01(\tR\x03who\x12\x12\n" +
+	"\x04role\x18\x03 \x01(\tR\x04role\x12\x16\n" +
+	"\x06method\x18\x04 \x01(\tR\x06method\x12\x12\n" +
+	"\x04path\x18\x05 \x01(\tR\x04path\x12\x18\n" +
+	"\aservice\x18\x06 \x01(\tR\aservice\x12\x16\n" +
+	"\x06result\x18\a \x01(\tR\x06result\x12\x16\n" +
+	"\x06status\x18\b \x01(\x05R\x06status\x12\x16\n" +
+	"\x06reason\x18\t \x01(\tR\x06reason\x12\x16\n" +
+	"\x06remote\x18\n" +
+	" \x01(\tR\x06remote\x12\x18\n" +
+	"\areplica\x18\v \x01(\tR\areplica\x12*\n" +
+	"\x02at\x18\f \x01(\v2\x1a.google.protobuf.TimestampR\x02at\x123\n" +
+	"\adone_at\x18\r \x01(\v2\x1a.google.protobuf.TimestampR\x06doneAt\x12\x1a\n" +
+	"\bresource\x18\x0e \x01(\tR\bresourceB4Z2github.com/berthdev/berth/proto/events/v1;eventsv1b\x06proto3"
 
 var (
 	file_berth_events_v1_events_proto_rawDescOnce sync.Once
@@ -1042,7 +1225,7 @@ func file_berth_events_v1_events_proto_rawDescGZIP() []byte {
 	return file_berth_events_v1_events_proto_rawDescData
 }
 
-var file_berth_events_v1_events_proto_msgTypes = make([]protoimpl.MessageInfo, 9)
+var file_berth_events_v1_events_proto_msgTypes = make([]protoimpl.MessageInfo, 10)
 var file_berth_events_v1_events_proto_goTypes = []any{
 	(*DeployEvent)(nil),           // 0: berth.events.v1.DeployEvent
 	(*TargetChange)(nil),          // 1: berth.events.v1.TargetChange
@@ -1052,24 +1235,27 @@ var file_berth_events_v1_events_proto_goTypes = []any{
 	(*HostEvent)(nil),             // 5: berth.events.v1.HostEvent
 	(*InstanceEvent)(nil),         // 6: berth.events.v1.InstanceEvent
 	(*ImageEvent)(nil),            // 7: berth.events.v1.ImageEvent
-	nil,                           // 8: berth.events.v1.HostEvent.DetailsEntry
-	(*timestamppb.Timestamp)(nil), // 9: google.protobuf.Timestamp
+	(*AuditEvent)(nil),            // 8: berth.events.v1.AuditEvent
+	nil,                           // 9: berth.events.v1.HostEvent.DetailsEntry
+	(*timestamppb.Timestamp)(nil), // 10: google.protobuf.Timestamp
 }
 var file_berth_events_v1_events_proto_depIdxs = []int32{
-	1, // 0: berth.events.v1.DeployEvent.target:type_name -> berth.events.v1.TargetChange
-	2, // 1: berth.events.v1.DeployEvent.counts:type_name -> berth.events.v1.TargetCounts
-	9, // 2: berth.events.v1.DeployEvent.at:type_name -> google.protobuf.Timestamp
-	4, // 3: berth.events.v1.TaskEvent.step:type_name -> berth.events.v1.StepChange
-	9, // 4: berth.events.v1.TaskEvent.at:type_name -> google.protobuf.Timestamp
-	8, // 5: berth.events.v1.HostEvent.details:type_name -> berth.events.v1.HostEvent.DetailsEntry
-	9, // 6: berth.events.v1.HostEvent.at:type_name -> google.protobuf.Timestamp
-	9, // 7: berth.events.v1.InstanceEvent.at:type_name -> google.protobuf.Timestamp
-	9, // 8: berth.events.v1.ImageEvent.at:type_name -> google.protobuf.Timestamp
-	9, // [9:9] is the sub-list for method output_type
-	9, // [9:9] is the sub-list for method input_type
-	9, // [9:9] is the sub-list for extension type_name
-	9, // [9:9] is the sub-list for extension extendee
-	0, // [0:9] is the sub-list for field type_name
+	1,  // 0: berth.events.v1.DeployEvent.target:type_name -> berth.events.v1.TargetChange
+	2,  // 1: berth.events.v1.DeployEvent.counts:type_name -> berth.events.v1.TargetCounts
+	10, // 2: berth.events.v1.DeployEvent.at:type_name -> google.protobuf.Timestamp
+	4,  // 3: berth.events.v1.TaskEvent.step:type_name -> berth.events.v1.StepChange
+	10, // 4: berth.events.v1.TaskEvent.at:type_name -> google.protobuf.Timestamp
+	9,  // 5: berth.events.v1.HostEvent.details:type_name -> berth.events.v1.HostEvent.DetailsEntry
+	10, // 6: berth.events.v1.HostEvent.at:type_name -> google.protobuf.Timestamp
+	10, // 7: berth.events.v1.InstanceEvent.at:type_name -> google.protobuf.Timestamp
+	10, // 8: berth.events.v1.ImageEvent.at:type_name -> google.protobuf.Timestamp
+	10, // 9: berth.events.v1.AuditEvent.at:type_name -> google.protobuf.Timestamp
+	10, // 10: berth.events.v1.AuditEvent.done_at:type_name -> google.protobuf.Timestamp
+	11, // [11:11] is the sub-list for method output_type
+	11, // [11:11] is the sub-list for method input_type
+	11, // [11:11] is the sub-list for extension type_name
+	11, // [11:11] is the sub-list for extension extendee
+	0,  // [0:11] is the sub-list for field type_name
 }
 
 func init() { file_berth_events_v1_events_proto_init() }
@@ -1083,7 +1269,7 @@ func file_berth_events_v1_events_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_berth_events_v1_events_proto_rawDesc), len(file_berth_events_v1_events_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   9,
+			NumMessages:   10,
 			NumExtensions: 0,
 			NumServices:   0,
 		},

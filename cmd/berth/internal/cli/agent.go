@@ -182,7 +182,11 @@ func runAgentStep(ctx context.Context, stdout, stderr io.Writer, o agentStepOpti
 			urls = append(urls, u)
 		}
 	}
-	bus, err := natsbus.Connect(ctx, natsbus.Config{URLs: urls, Name: "berth-cli/agent-step"})
+	ncfg := natsbus.Config{URLs: urls, Name: "berth-cli/agent-step"}
+	if err := natsSecurity(ctx, &ncfg); err != nil {
+		return err
+	}
+	bus, err := natsbus.Connect(ctx, ncfg)
 	if err != nil {
 		return err
 	}

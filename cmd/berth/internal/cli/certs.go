@@ -18,7 +18,7 @@ func newCertsCmd() *cobra.Command {
 		Args:  cobra.NoArgs,
 		RunE:  func(cmd *cobra.Command, _ []string) error { return cmd.Help() },
 	}
-	cmd.AddCommand(newCertsInitCmd())
+	cmd.AddCommand(newCertsInitCmd(), newCertsNATSConfigCmd())
 	return cmd
 }
 

@@ -48,10 +48,18 @@ type cliContext struct {
 	Coord      endpointList `yaml:"coord,omitempty"`
 	NATS       string       `yaml:"nats,omitempty"`
 	Token      string       `yaml:"token,omitempty"`
+	// CAFile, CertFile and KeyFile are the TLS files of the HTTP commands: the CA of the
+	// APIs' certificates and the client certificate for mutual TLS.
+	CAFile   string `yaml:"ca_file,omitempty"`
+	CertFile string `yaml:"cert_file,omitempty"`
+	KeyFile  string `yaml:"key_file,omitempty"`
+	// NATSNKeySeedFile logs the NATS commands in as the berth user of `berth certs
+	// nats-config`.
+	NATSNKeySeedFile string `yaml:"nats_nkey_seed_file,omitempty"`
 }
 
 // contextFields are the keys of a context, for messages and `berth context set --unset`.
-var contextFields = []string{"controller", "names", "coord", "nats", "token"}
+var contextFields = []string{"controller", "names", "coord", "nats", "token", "ca_file", "cert_file", "key_file", "nats_nkey_seed_file"}
 
 // endpointList is coord's members: a YAML list, or one string of comma-separated members.
 type endpointList []string
@@ -211,6 +219,9 @@ func (x *cliContext) validate() error {
 	if strings.ContainsAny(x.Token, " \t\r\n") {
 		return errors.New("token: contains white space")
 	}
+	if (x.CertFile == "") != (x.KeyFile == "") {
+		return errors.New("cert_file and key_file: set both or neither")
+	}
 	return nil
 }
 
@@ -237,7 +248,7 @@ var (
 	settingCoord      = setting{"coord", envCoordEndpoints, defaultCoordEndpoint, func(c *cliContext) string { return strings.Join(c.Coord, ",") }}
 	settingNATS       = setting{"nats", envNATSURL, natsbus.DefaultURL, func(c *cliContext) string { return c.NATS }}
 	settingToken      = setting{"token", envToken, "", func(c *cliContext) string { return c.Token }}
-	allSettings       = []setting{settingController, settingNames, settingCoord, settingNATS, settingToken}
+	allSettings       = []setting{settingController, settingNames, settingCoord, settingNATS, settingToken, settingCAFile, settingCertFile, settingKeyFile, settingNATSSeed}
 )
 
 // resolved is a setting's value and where it came from.
@@ -366,6 +377,9 @@ func unreachable(what, base, flag string, err error) error {
 	var ue *url.Error
 	if errors.As(err, &ue) {
 		err = ue.Err
+	}
+	if hint := tlsProblem(err); hint != "" {
+		return fmt.Errorf("TLS with the %s at %s failed (%w): %s", what, base, err, hint)
 	}
 	return fmt.Errorf("cannot reach the %s at %s (%w): is `berth dev` running? set %s, or pick a context with `berth context use`", what, base, err, flag)
 }

@@ -194,6 +194,18 @@ history; --token takes it as an argument.`,
 			if f.Changed("token") || tokenStdin {
 				next.Token = x.Token
 			}
+			if f.Changed("ca-file") {
+				next.CAFile = x.CAFile
+			}
+			if f.Changed("cert-file") {
+				next.CertFile = x.CertFile
+			}
+			if f.Changed("key-file") {
+				next.KeyFile = x.KeyFile
+			}
+			if f.Changed("nats-nkey-seed-file") {
+				next.NATSNKeySeedFile = x.NATSNKeySeedFile
+			}
 			for _, u := range unset {
 				switch u {
 				case "controller":
@@ -206,6 +218,14 @@ history; --token takes it as an argument.`,
 					next.NATS = ""
 				case "token":
 					next.Token = ""
+				case "ca_file":
+					next.CAFile = ""
+				case "cert_file":
+					next.CertFile = ""
+				case "key_file":
+					next.KeyFile = ""
+				case "nats_nkey_seed_file":
+					next.NATSNKeySeedFile = ""
 				default:
 					return fmt.Errorf("--unset %q: want one of %s", u, strings.Join(contextFields, ", "))
 				}
@@ -242,7 +262,11 @@ history; --token takes it as an argument.`,
 	f.StringVar(&x.NATS, "nats", "", "NATS server URL")
 	f.StringVar(&x.Token, "token", "", "API token sent as Authorization: Bearer (prefer --token-stdin)")
 	f.BoolVar(&tokenStdin, "token-stdin", false, "read the API token from standard input")
-	f.StringSliceVar(&unset, "unset", nil, "clear these fields (controller, names, coord, nats, token)")
+	f.StringVar(&x.CAFile, "ca-file", "", "CA bundle the APIs' HTTPS certificates chain to")
+	f.StringVar(&x.CertFile, "cert-file", "", "client certificate for APIs that require one (mutual TLS)")
+	f.StringVar(&x.KeyFile, "key-file", "", "key of the client certificate")
+	f.StringVar(&x.NATSNKeySeedFile, "nats-nkey-seed-file", "", "NATS nkey seed of the berth user (berth certs nats-config writes DIR/nats/berth.nk)")
+	f.StringSliceVar(&unset, "unset", nil, "clear these fields (controller, names, coord, nats, token, ca_file, cert_file, key_file, nats_nkey_seed_file)")
 	f.BoolVar(&use, "use", false, "also make it the current context")
 	return cmd
 }

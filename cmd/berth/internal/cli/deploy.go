@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"math"
 	"net/url"
 	"os"
 	"path/filepath"
@@ -108,6 +109,149 @@ type deployOptions struct {
 	version, pkg, sha256, hosts, file string
 	queue, wait, json                 bool
 	strategy                          strategyFlags
+	container                         containerFlags
+}
+
+// containerFlags are the flags of a container deployment.
+type containerFlags struct {
+	mode, memory, spread, constraints string
+	replicas, maxPerHost              uint32
+	cpu                               float64
+}
+
+// containerFlagNames are the flags that only container mode takes.
+var containerFlagNames = []string{"replicas", "cpu", "memory", "spread", "constraints", "max-per-host"}
+
+func (c *containerFlags) add(f *pflag.FlagSet) {
+	f.StringVar(&c.mode, "mode", "", "package (default: the hosts run the package) or container (the scheduler places containers of an image built from it)")
+	f.Uint32Var(&c.replicas, "replicas", 0, "container mode: number of containers (required)")
+	f.Float64Var(&c.cpu, "cpu", 0, "container mode: CPU of each container in cores, 0.1 is a tenth of a core (required)")
+	f.StringVar(&c.memory, "memory", "", "container mode: memory of each container: bytes or with Ki, Mi, Gi (64Mi; at least 6Mi; required)")
+	f.StringVar(&c.spread, "spread", "", "container mode: spread the containers evenly over dc or rack")
+	f.StringVar(&c.constraints, "constraints", "", "container mode: host label expression, e.g. 'dc=bj,disk in (ssd,nvme),!has gpu'")
+	f.Uint32Var(&c.maxPerHost, "max-per-host", 0, "container mode: at most this many containers of the service on one host (0: no cap)")
+}
+
+// apply writes the container flags that were given into the request body. The mode comes
+// from --mode, else from the file; placement flags without container mode are refused.
+func (c *containerFlags) apply(f *pflag.FlagSet, body map[string]any) error {
+	if f.Changed("mode") {
+		switch c.mode {
+		case "package", "container":
+			body["mode"] = c.mode
+		default:
+			return fmt.Errorf("--mode %q: want package or container", c.mode)
+		}
+	}
+	mode, _ := body["mode"].(string)
+	var given []string
+	for _, n := range containerFlagNames {
+		if f.Changed(n) {
+			given = append(given, "--"+n)
+		}
+	}
+	if mode != "container" {
+		if len(given) > 0 {
+			return fmt.Errorf("%s: only with --mode container (package mode deploys to --hosts)", strings.Join(given, ", "))
+		}
+		return nil
+	}
+	if _, ok := body["hosts"]; ok {
+		return errors.New("--hosts: package mode only; container mode places its containers with the scheduler (--replicas, --cpu, --memory)")
+	}
+	p, _ := body["placement"].(map[string]any)
+	if p == nil {
+		p = map[string]any{}
+	}
+	if f.Changed("replicas") {
+		if c.replicas < 1 {
+			return fmt.Errorf("--replicas %d: want at least 1", c.replicas)
+		}
+		p["replicas"] = c.replicas
+	}
+	if f.Changed("cpu") {
+		m, err := cpuMillis(c.cpu)
+		if err != nil {
+			return err
+		}
+		p["cpu_millis"] = m
+	}
+	if f.Changed("memory") {
+		b, err := parseBytes(c.memory)
+		if err != nil {
+			return fmt.Errorf("--memory: %w", err)
+		}
+		if b < 6<<20 {
+			return fmt.Errorf("--memory %s: want at least 6Mi (Docker's smallest limit)", c.memory)
+		}
+		p["memory_bytes"] = b
+	}
+	if f.Changed("spread") {
+		switch c.spread {
+		case "", "dc", "rack":
+			p["spread"] = c.spread
+		default:
+			return fmt.Errorf("--spread %q: want dc or rack", c.spread)
+		}
+	}
+	if f.Changed("constraints") {
+		p["constraints"] = c.constraints
+	}
+	if f.Changed("max-per-host") {
+		p["max_per_host"] = c.maxPerHost
+	}
+	for _, req := range []struct{ key, flag string }{{"replicas", "--replicas N"}, {"cpu_millis", "--cpu CORES"}, {"memory_bytes", "--memory SIZE"}} {
+		if _, ok := p[req.key]; !ok {
+			return fmt.Errorf("container mode needs %s (and --replicas, --cpu, --memory)", req.flag)
+		}
+	}
+	body["placement"] = p
+	return nil
+}
+
+// cpuMillis turns cores into thousandths of a core.
+func cpuMillis(cores float64) (uint64, error) {
+	if math.IsNaN(cores) || cores <= 0 || cores > 1024 {
+		return 0, fmt.Errorf("--cpu %g: want cores, more than 0 (0.1 is a tenth of a core) and at most 1024", cores)
+	}
+	m := uint64(math.Round(cores * 1000))
+	if m == 0 {
+		return 0, fmt.Errorf("--cpu %g: less than a thousandth of a core", cores)
+	}
+	return m, nil
+}
+
+// parseBytes reads a size: plain bytes, or a number with Ki, Mi, Gi or Ti (powers of
+// 1024), optionally followed by B.
+func parseBytes(s string) (uint64, error) {
+	t := strings.TrimSuffix(strings.TrimSpace(s), "B")
+	mult := uint64(1)
+	for _, u := range []struct {
+		suffix string
+		mult   uint64
+	}{{"Ki", 1 << 10}, {"Mi", 1 << 20}, {"Gi", 1 << 30}, {"Ti", 1 << 40}} {
+		if n, ok := strings.CutSuffix(t, u.suffix); ok {
+			t, mult = n, u.mult
+			break
+		}
+	}
+	if t == "" {
+		return 0, fmt.Errorf("%q: want bytes or a size with Ki, Mi, Gi (64Mi)", s)
+	}
+	if n, err := strconv.ParseUint(t, 10, 64); err == nil {
+		if n > math.MaxUint64/mult {
+			return 0, fmt.Errorf("%q: too large", s)
+		}
+		return n * mult, nil
+	}
+	v, err := strconv.ParseFloat(t, 64)
+	if err != nil || v < 0 || math.IsNaN(v) || math.IsInf(v, 0) || mult == 1 {
+		return 0, fmt.Errorf("%q: want bytes or a size with Ki, Mi, Gi (64Mi, 1.5Gi; not M or G)", s)
+	}
+	if v*float64(mult) >= math.MaxUint64/2 {
+		return 0, fmt.Errorf("%q: too large", s)
+	}
+	return uint64(v * float64(mult)), nil
 }
 
 func newDeployCmd() *cobra.Command {
@@ -115,7 +259,7 @@ func newDeployCmd() *cobra.Command {
 	var ctrl *string
 	cmd := &cobra.Command{
 		Use:   "deploy SERVICE",
-		Short: "Deploy a version of a service's package to its hosts, in batches",
+		Short: "Deploy a version of a service's package to its hosts, or as containers, in batches",
 		Long: `berth deploy asks the controller to roll a package out: SERVICE at --version, from
 --package (a file://, http(s):// or ftp:// URL, or a local path) verified against --sha256,
 to --hosts or, without it, to the hosts bound to SERVICE in the service tree. The strategy
@@ -123,6 +267,12 @@ flags override what the service tree sets (berth tree get SERVICE --effective).
 
 -f FILE reads the request from YAML with the API's fields (service, version, artifact
 {url, sha256} or package and sha256, hosts, strategy, queue); flags override it.
+
+--mode container deploys containers instead: the image builder builds an image of the
+package (once per version), the scheduler places --replicas containers of --cpu cores and
+--memory each (--spread dc|rack, --constraints EXPR, --max-per-host N), and the agents run
+them batch by batch; the service's old containers are stopped as the new ones become
+healthy.
 
 A second deployment of a service that has one running is refused, unless --queue: it then
 waits for the running one to end.
@@ -133,7 +283,9 @@ otherwise, then a summary. The exit code tells how it ended:
   1  the request failed (bad input, controller unreachable)`,
 		Example: `  berth deploy hotel/search --version 1.4.2 --package ftp://pkgs/search-1.4.2.tar.gz --sha256 9f86... --wait
   berth deploy acc/web --version 2.0.0 --package ./web-2.0.0.tar.gz --sha256 $(sha256sum web-2.0.0.tar.gz | cut -d' ' -f1) \
-      --hosts h1,h2,h3 --batches 1,50%,100% --max-parallel 2 --pause 30s --max-failures 1 --auto-rollback --wait`,
+      --hosts h1,h2,h3 --batches 1,50%,100% --max-parallel 2 --pause 30s --max-failures 1 --auto-rollback --wait
+  berth deploy hotel/search --version 1.4.2 --mode container --replicas 3 --cpu 0.5 --memory 256Mi --spread rack \
+      --package ftp://pkgs/search-1.4.2.tar.gz --sha256 9f86... --wait`,
 		Args: cobra.RangeArgs(0, 1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			base, err := controllerURL(cmd, *ctrl)
@@ -157,7 +309,11 @@ otherwise, then a summary. The exit code tells how it ended:
 				fmt.Fprintf(out, "deployment %s of %s %s: %s\n", d.GetId(), d.GetService(), d.GetVersion(), d.GetStatus().GetState())
 				return nil
 			}
-			fmt.Fprintf(cmd.ErrOrStderr(), "deployment %s of %s %s to %d hosts\n", d.GetId(), d.GetService(), d.GetVersion(), len(d.GetHosts()))
+			if d.GetMode() == "container" {
+				fmt.Fprintf(cmd.ErrOrStderr(), "deployment %s of %s %s: %d containers\n", d.GetId(), d.GetService(), d.GetVersion(), d.GetPlacement().GetReplicas())
+			} else {
+				fmt.Fprintf(cmd.ErrOrStderr(), "deployment %s of %s %s to %d hosts\n", d.GetId(), d.GetService(), d.GetVersion(), len(d.GetHosts()))
+			}
 			v, err := waitRun(cmd.Context(), c, "/v1/deployments/"+d.GetId(), newProgress(out, isTTY(out) && !o.json), deploymentView)
 			if err != nil {
 				return err
@@ -186,6 +342,7 @@ otherwise, then a summary. The exit code tells how it ended:
 	f.BoolVar(&o.wait, "wait", false, "follow the rollout and exit with its outcome (0 succeeded, 3 failed, 4 aborted, 5 rolled back)")
 	f.BoolVar(&o.json, "json", false, "print the deployment as JSON")
 	o.strategy.add(f, true)
+	o.container.add(f)
 	return cmd
 }
 
@@ -203,7 +360,7 @@ func deployBody(f *pflag.FlagSet, o deployOptions, args []string) (map[string]an
 		}
 		for k, v := range doc {
 			switch k {
-			case "service", "version", "hosts", "strategy", "queue", "artifact", "mode":
+			case "service", "version", "hosts", "strategy", "queue", "artifact", "mode", "placement":
 				body[k] = v
 			case "package", "sha256":
 				a, _ := body["artifact"].(map[string]any)
@@ -214,7 +371,7 @@ func deployBody(f *pflag.FlagSet, o deployOptions, args []string) (map[string]an
 				a[key] = v
 				body["artifact"] = a
 			default:
-				return nil, fmt.Errorf("-f %s: unknown field %q (want service, version, package, sha256, artifact, hosts, strategy, queue)", o.file, k)
+				return nil, fmt.Errorf("-f %s: unknown field %q (want service, version, package, sha256, artifact, hosts, mode, placement, strategy, queue)", o.file, k)
 			}
 		}
 	}
@@ -258,6 +415,9 @@ func deployBody(f *pflag.FlagSet, o deployOptions, args []string) (map[string]an
 	}
 	if o.queue {
 		body["queue"] = true
+	}
+	if err := o.container.apply(f, body); err != nil {
+		return nil, err
 	}
 	st, _ := body["strategy"].(map[string]any)
 	if st == nil {
@@ -409,15 +569,36 @@ func (p *progress) update(v runView) {
 		if t.GetRollback() != "" {
 			state += ", rollback " + t.GetRollback()
 		}
-		line := fmt.Sprintf("  %s: %s", t.GetHost(), state)
+		line := fmt.Sprintf("  %s: %s", targetName(t), state)
 		if t.GetState() != "succeeded" && t.GetState() != "pending" && t.GetMessage() != "" {
 			line += " (" + oneLine(t.GetMessage(), 120) + ")"
 		}
 		if t.GetState() == "pending" && t.GetRollback() == "" {
 			continue
 		}
-		p.say("t/"+t.GetHost(), state, line)
+		p.say("t/"+targetKey(t), state, line)
 	}
+}
+
+// targetKey is a target's key: its allocation in container mode, else its host.
+func targetKey(t *controllerv1.Target) string {
+	if t.GetAllocation() != "" {
+		return t.GetAllocation()
+	}
+	return t.GetHost()
+}
+
+// targetName names a target for people: its host, and in container mode the container's
+// address (and "retire" for an old allocation the deployment stops).
+func targetName(t *controllerv1.Target) string {
+	if t.GetAllocation() == "" {
+		return t.GetHost()
+	}
+	name := t.GetHost() + " " + t.GetIp()
+	if t.GetRetire() {
+		name += " (retire " + t.GetVersion() + ")"
+	}
+	return name
 }
 
 func suffix(msg string) string {
@@ -505,7 +686,7 @@ func printSummary(w io.Writer, v runView) {
 		if t.GetState() == "skipped" || t.GetState() == "pending" {
 			continue
 		}
-		fmt.Fprintf(w, "  %s: %s", t.GetHost(), t.GetState())
+		fmt.Fprintf(w, "  %s: %s", targetName(t), t.GetState())
 		if t.GetRollback() != "" {
 			fmt.Fprintf(w, ", rollback %s", t.GetRollback())
 		}

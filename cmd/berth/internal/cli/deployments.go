@@ -119,6 +119,9 @@ func (c *apiClient) call(ctx context.Context, method, path string, body any) ([]
 	if tok := bearerToken(ctx); tok != "" {
 		req.Header.Set("Authorization", "Bearer "+tok)
 	}
+	if err := tlsClient(ctx, c.hc); err != nil {
+		return nil, err
+	}
 	resp, err := c.hc.Do(req)
 	if err != nil {
 		return nil, unreachable("controller", c.base, "--controller", err)
@@ -133,6 +136,7 @@ func (c *apiClient) call(ctx context.Context, method, path string, body any) ([]
 		if json.Unmarshal(b, ae) != nil || ae.Message == "" {
 			ae.Message = fmt.Sprintf("%s %s: %s: %s", method, path, resp.Status, strings.TrimSpace(string(b)))
 		}
+		ae.Message = accessHint(ctx, resp.StatusCode, "controller", c.base, ae.Message)
 		return nil, ae
 	}
 	return b, nil
@@ -304,7 +308,26 @@ func printDeployment(w io.Writer, d *controllerv1.Deployment) error {
 		fmt.Fprintf(w, " (%s)", st.GetMessage())
 	}
 	fmt.Fprintln(w)
-	fmt.Fprintf(w, "  package:   %s sha256 %s\n", d.GetArtifact().GetUrl(), d.GetArtifact().GetSha256())
+	if d.GetArtifact() != nil {
+		fmt.Fprintf(w, "  package:   %s sha256 %s\n", d.GetArtifact().GetUrl(), d.GetArtifact().GetSha256())
+	}
+	if d.GetMode() == "container" {
+		p := d.GetPlacement()
+		fmt.Fprintf(w, "  placement: %d containers of %g cores, %d MiB", p.GetReplicas(), float64(p.GetCpuMillis())/1000, p.GetMemoryBytes()>>20)
+		if p.GetSpread() != "" {
+			fmt.Fprintf(w, ", spread by %s", p.GetSpread())
+		}
+		if p.GetConstraints() != "" {
+			fmt.Fprintf(w, ", on %s", p.GetConstraints())
+		}
+		fmt.Fprintln(w)
+		if img := d.GetImage(); img != nil {
+			fmt.Fprintf(w, "  image:     %s\n", img.GetPull())
+		}
+		if d.GetPreviousVersion() != "" {
+			fmt.Fprintf(w, "  previous:  %s %s\n", d.GetPreviousVersion(), d.GetPreviousImage())
+		}
+	}
 	fmt.Fprintf(w, "  requested: by %s at %s\n", d.GetRequestedBy(), fmtTime(st.GetCreatedAt().AsTime()))
 	if st.GetStartedAt() != nil {
 		end := time.Now()
@@ -335,7 +358,7 @@ func printDeployment(w io.Writer, d *controllerv1.Deployment) error {
 		if t.GetState() != "pending" {
 			batch = fmt.Sprint(t.GetBatch() + 1)
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%d\t%s\t%s\t%s\n", t.GetHost(), t.GetState(), batch, t.GetAttempts(), dur, t.GetRollback(), oneLine(t.GetMessage(), 100))
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%d\t%s\t%s\t%s\n", targetName(t), t.GetState(), batch, t.GetAttempts(), dur, t.GetRollback(), oneLine(t.GetMessage(), 100))
 	}
 	if err := tw.Flush(); err != nil {
 		return err
@@ -344,7 +367,7 @@ func printDeployment(w io.Writer, d *controllerv1.Deployment) error {
 		if len(t.GetOutput()) == 0 || t.GetState() == "succeeded" {
 			continue
 		}
-		fmt.Fprintf(w, "  last output of %s:\n", t.GetHost())
+		fmt.Fprintf(w, "  last output of %s:\n", targetName(t))
 		for _, l := range lastLines(t.GetOutput(), 5) {
 			fmt.Fprintf(w, "    %s\n", l)
 		}

@@ -11,7 +11,7 @@ import (
 
 func newDevCmd() *cobra.Command {
 	cfg := dev.Config{NATSPort: dev.DefaultNATSPort, CoordPort: dev.DefaultCoordPort, AdminPort: dev.DefaultAdminPort, ControllerPort: dev.DefaultControllerPort, DNSPort: dev.DefaultDNSPort, ResolverPort: dev.DefaultResolverPort, AgentAPIPort: dev.DefaultAgentAPIPort, NamesPort: dev.DefaultNamesPort, Host: dev.DefaultHost,
-		ArtifactsPort: dev.DefaultArtifactsPort, FTPPort: dev.DefaultFTPPort, DemoPort: dev.DefaultDemoPort}
+		ArtifactsPort: dev.DefaultArtifactsPort, FTPPort: dev.DefaultFTPPort, DemoPort: dev.DefaultDemoPort, RegistryPort: dev.DefaultRegistryPort}
 	cmd := &cobra.Command{
 		Use:   "dev",
 		Short: "Run every Berth service in this process, for trying Berth out",
@@ -23,6 +23,14 @@ every endpoint when it is up; Ctrl-C stops everything cleanly. Apps it deployed 
 It also serves packages from the artifacts directory (--artifacts, <data>/artifacts by
 default) over HTTP, with uploads (PUT /<file>, or a multipart POST /), and over anonymous
 read-only FTP, so that berth deploy --package can take http:// and ftp:// URLs.
+
+Security is off by default (plaintext HTTP, an open API), for a first run on one machine.
+--tls DIR (a directory made by ` + "`berth certs init --dir DIR`" + `) serves the controller's
+API, the name service's API, the artifact server's HTTP and /metrics over HTTPS that
+requires client certificates of DIR's CA; point the CLI at them with
+` + "`berth context set dev --controller https://... --ca-file DIR/ca.crt --cert-file DIR/berth.crt --key-file DIR/berth.key`" + `.
+--tokens FILE makes the controller's API require tokens (berth token new) and record every
+write in an audit log.
 
 --demo then builds the demo app from examples/demo with Go, packs it into the artifacts
 directory, deploys it as demo/hello to this host through the controller, and prints the
@@ -49,6 +57,11 @@ commands that show the result. Run it again after editing the demo to deploy a n
 					return err
 				}
 			}
+			if cfg.TLSDir != "" {
+				if cfg.TLSDir, err = filepath.Abs(cfg.TLSDir); err != nil {
+					return err
+				}
+			}
 			cfg.Out = cmd.OutOrStdout()
 			cfg.Log = cmd.ErrOrStderr()
 			return dev.Run(cmd.Context(), cfg)
@@ -69,9 +82,15 @@ commands that show the result. Run it again after editing the demo to deploy a n
 	f.StringVar(&cfg.ArtifactsDir, "artifacts", "", "directory the artifact server serves (default <data>/artifacts)")
 	f.IntVar(&cfg.ArtifactsPort, "artifacts-port", dev.DefaultArtifactsPort, "HTTP port of the artifact server (0 picks one)")
 	f.IntVar(&cfg.FTPPort, "ftp-port", dev.DefaultFTPPort, "FTP port of the artifact server (0 picks one)")
-	f.StringVar(&cfg.DockerHost, "docker-host", "", "Docker engine to check for container mode (default $DOCKER_HOST, else unix:///var/run/docker.sock)")
+	f.StringVar(&cfg.DockerHost, "docker-host", "", "Docker engine of container mode (default $DOCKER_HOST, else unix:///var/run/docker.sock)")
+	f.StringVar(&cfg.ContainerNetwork, "container-network", dev.DefaultContainerNetwork, "Docker bridge network containers run on (made when missing)")
+	f.StringVar(&cfg.ContainerSubnet, "container-subnet", dev.DefaultContainerSubnet, "subnet of that network; the local host's container pool is its addresses")
+	f.StringVar(&cfg.Registry, "registry", "", "external registry (host:port) for images (default: one on loopback at --registry-port)")
+	f.IntVar(&cfg.RegistryPort, "registry-port", dev.DefaultRegistryPort, "port of the loopback registry (Debian docker-registry; -1: none)")
 	f.BoolVar(&cfg.Demo, "demo", false, "build, pack and deploy the demo app (examples/demo) as demo/hello once up")
 	f.IntVar(&cfg.DemoPort, "demo-port", dev.DefaultDemoPort, "port the demo app listens on (0 picks one)")
 	f.StringVar(&cfg.DemoSource, "demo-src", "", "the demo's source directory (default examples/demo of the checkout)")
+	f.StringVar(&cfg.TLSDir, "tls", "", "serve the HTTP endpoints over HTTPS with client certificates, from this `berth certs init` directory (default off)")
+	f.StringVar(&cfg.TokensFile, "tokens", "", "require API tokens from this token file, and audit writes (default off: the API is open)")
 	return cmd
 }

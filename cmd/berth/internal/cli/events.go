@@ -98,6 +98,9 @@ func runEvents(ctx context.Context, out io.Writer, o eventsOptions, now time.Tim
 		return errors.New("--nats: empty URL")
 	}
 	cfg := natsbus.Config{URLs: urls, Name: "berth-cli/events"}
+	if err := natsSecurity(ctx, &cfg); err != nil {
+		return err
+	}
 	if err := cfg.Validate(); err != nil {
 		return fmt.Errorf("--nats %q: %w", o.nats, err)
 	}

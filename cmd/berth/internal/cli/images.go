@@ -225,6 +225,9 @@ func runImagesBuild(ctx context.Context, out, errOut io.Writer, natsURL string, 
 		}
 	}
 	cfg := natsbus.Config{URLs: urls, Name: "berth-cli/images"}
+	if err := natsSecurity(ctx, &cfg); err != nil {
+		return err
+	}
 	if err := cfg.Validate(); err != nil {
 		return fmt.Errorf("--nats %q: %w", natsURL, err)
 	}

@@ -76,6 +76,9 @@ func (c *namesClient) do(ctx context.Context, method, path string, body []byte, 
 	if tok := bearerToken(ctx); tok != "" {
 		req.Header.Set("Authorization", "Bearer "+tok)
 	}
+	if err := tlsClient(ctx, c.http); err != nil {
+		return nil, err
+	}
 	resp, err := c.http.Do(req)
 	if err != nil {
 		return nil, unreachable("name service", c.base, "--names", err)
@@ -88,7 +91,7 @@ func (c *namesClient) do(ctx context.Context, method, path string, body []byte, 
 	if resp.StatusCode/100 != 2 {
 		var e namesAPIError
 		if json.Unmarshal(data, &e) == nil && e.Error != "" {
-			return resp.Header, &ExitError{Code: 1, Err: errors.New(e.Error)}
+			return resp.Header, &ExitError{Code: 1, Err: errors.New(accessHint(ctx, resp.StatusCode, "name service", c.base, e.Error))}
 		}
 		return resp.Header, &ExitError{Code: 1, Err: fmt.Errorf("name service: %s: %s", resp.Status, bytes.TrimSpace(data))}
 	}
@@ -364,6 +367,9 @@ func watchViewsOnce(ctx context.Context, c *namesClient, svc string, asJSON bool
 	req.Header.Set("Accept", "text/event-stream")
 	if *lastID != "" {
 		req.Header.Set("Last-Event-ID", *lastID)
+	}
+	if err := tlsClient(ctx, c.http); err != nil {
+		return err
 	}
 	resp, err := c.http.Do(req)
 	if err != nil {

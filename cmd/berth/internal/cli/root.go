@@ -51,6 +51,7 @@ func NewRoot() *cobra.Command {
 		newAgentCmd(),
 		newImagesCmd(),
 		newCertsCmd(),
+		newTokenCmd(),
 	)
 	return root
 }

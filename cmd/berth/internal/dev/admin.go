@@ -16,11 +16,16 @@ import (
 // /healthz and /readyz for the whole of berth dev on one address.
 func startAdmin(ctx context.Context, e *env, g *run.Group) error {
 	e.reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
-	gather := prometheus.Gatherers{e.reg}
+	gather := append(prometheus.Gatherers{e.reg}, e.ownRegs...)
 	if e.coordReg != nil {
 		gather = append(gather, e.coordReg)
 	}
 	srv := admin.New(net.JoinHostPort(e.cfg.Host, strconv.Itoa(e.cfg.AdminPort)), gather)
+	httpTLS, err := e.serverTLS("controller")
+	if err != nil {
+		return err
+	}
+	srv.UseTLS(httpTLS)
 	for _, c := range e.readyChecks {
 		srv.AddCheck(c.name, c.check)
 	}
@@ -29,6 +34,6 @@ func startAdmin(ctx context.Context, e *env, g *run.Group) error {
 		return err
 	}
 	g.Add("admin", srv.Run)
-	e.announce("metrics", "http://"+addr.String()+"/metrics")
+	e.announce("metrics", e.scheme()+"://"+addr.String()+"/metrics")
 	return nil
 }

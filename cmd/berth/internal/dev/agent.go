@@ -37,6 +37,15 @@ func startAgent(ctx context.Context, e *env, g *run.Group) error {
 		return fmt.Errorf("plugin directory: %w", err)
 	}
 	cfg.PluginDirs = []string{plugins}
+	// Container mode (containers.go): the container-deploy plugin runs on the dev network,
+	// or is off when berth dev could not turn container mode on.
+	if c := e.containers; c != nil {
+		cfg.Containers.Enabled = agent.ContainersOn
+		cfg.Containers.DockerHost = c.dockerHost
+		cfg.Containers.Network = c.network
+	} else {
+		cfg.Containers.Enabled = agent.ContainersOff
+	}
 	if err := cfg.Validate(); err != nil {
 		return fmt.Errorf("agent config: %w", err)
 	}

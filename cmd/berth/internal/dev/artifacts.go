@@ -19,8 +19,13 @@ func startArtifacts(ctx context.Context, e *env, g *run.Group) error {
 	if dir == "" {
 		dir = filepath.Join(e.cfg.DataDir, "artifacts")
 	}
+	httpTLS, err := e.serverTLS("controller")
+	if err != nil {
+		return err
+	}
 	s, err := artifactserver.New(artifactserver.Config{
 		Dir:        dir,
+		HTTPTLS:    httpTLS,
 		HTTPAddr:   net.JoinHostPort(e.cfg.Host, strconv.Itoa(e.cfg.ArtifactsPort)),
 		FTPAddr:    net.JoinHostPort(e.cfg.Host, strconv.Itoa(e.cfg.FTPPort)),
 		Logger:     e.log.With("service", "artifacts"),
@@ -35,7 +40,7 @@ func startArtifacts(ctx context.Context, e *env, g *run.Group) error {
 	}
 	g.Add("artifacts", s.Run)
 	e.artifactsDir = dir
-	e.artifactsURL = "http://" + addrs.HTTP.String()
+	e.artifactsURL = e.scheme() + "://" + addrs.HTTP.String()
 	e.ftpURL = "ftp://" + addrs.FTP.String()
 	e.announce("artifacts", e.artifactsURL+"/ (GET /<file>; upload with PUT /<file> or a multipart POST /), files in "+dir)
 	e.announce("artifacts FTP", e.ftpURL+"/ (anonymous, read-only)")

@@ -19,6 +19,8 @@ func startController(ctx context.Context, e *env, g *run.Group) error {
 	cfg.ListenMetrics = ""
 	cfg.NamesURL = e.namesURL // the console's Names page asks this berth dev's name service
 	cfg.EnsureStreams = false // berth dev created them with NATS
+	cfg.HTTPTLS = e.serverFiles("controller")
+	cfg.TokensFile = e.cfg.TokensFile
 	c, err := controller.New(cfg, controller.Deps{Bus: e.bus, Coord: e.coord, Logger: e.log, Registerer: e.reg})
 	if err != nil {
 		return fmt.Errorf("controller: %w", err)
@@ -28,7 +30,7 @@ func startController(ctx context.Context, e *env, g *run.Group) error {
 		return fmt.Errorf("controller: %w (is another berth dev running? pass --controller-port)", err)
 	}
 	g.Add("controller", c.Run)
-	e.controllerURL = "http://" + addr.String()
+	e.controllerURL = e.scheme() + "://" + addr.String()
 	e.announce("controller", e.controllerURL)
 	// The console is served by the controller under /ui/.
 	e.announce("console", e.controllerURL+"/ui/")

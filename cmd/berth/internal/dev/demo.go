@@ -151,7 +151,11 @@ func (d *demo) say(format string, args ...any) {
 func (d *demo) run(ctx context.Context) error {
 	ctx, cancel := context.WithTimeout(ctx, demoDeployTimeout)
 	defer cancel()
-	d.hc = &http.Client{Transport: &http.Transport{Proxy: nil, MaxIdleConnsPerHost: 2}}
+	clientTLS, err := d.e.clientTLS()
+	if err != nil {
+		return err
+	}
+	d.hc = &http.Client{Transport: &http.Transport{Proxy: nil, MaxIdleConnsPerHost: 2, TLSClientConfig: clientTLS}}
 	defer d.hc.CloseIdleConnections()
 	pkg, err := d.pack(ctx)
 	if err != nil {
@@ -421,6 +425,9 @@ func (d *demo) call(ctx context.Context, method, path string, body, out any) err
 	}
 	req.Header.Set("Content-Type", "application/json")
 	req.Header.Set("X-Berth-User", "berth-dev-demo")
+	if tok := os.Getenv("BERTH_TOKEN"); tok != "" {
+		req.Header.Set("Authorization", "Bearer "+tok)
+	}
 	resp, err := d.hc.Do(req)
 	if err != nil {
 		return fmt.Errorf("%s %s: %w", method, path, err)
@@ -485,7 +492,7 @@ func (d *demo) deploy(ctx context.Context, pkg demoPackage) (string, error) {
 		"service":  DemoService,
 		"version":  pkg.version,
 		"mode":     "package",
-		"artifact": map[string]string{"url": d.e.artifactsURL + "/" + pkg.name, "sha256": pkg.sha256},
+		"artifact": map[string]string{"url": d.artifactBase() + "/" + pkg.name, "sha256": pkg.sha256},
 		"hosts":    []string{d.e.hostID},
 		"strategy": map[string]any{"batches": []any{1, "100%"}},
 		"queue":    true,
@@ -494,7 +501,7 @@ func (d *demo) deploy(ctx context.Context, pkg demoPackage) (string, error) {
 	if err := d.call(ctx, http.MethodPost, "/v1/deployments", req, dep); err != nil {
 		return "", fmt.Errorf("deploy %s %s: %w", DemoService, pkg.version, err)
 	}
-	d.say("deploying %s %s to %s from %s (ramp 1, 100%%): deployment %s", DemoService, pkg.version, d.e.hostID, d.e.artifactsURL+"/"+pkg.name, dep.GetId())
+	d.say("deploying %s %s to %s from %s (ramp 1, 100%%): deployment %s", DemoService, pkg.version, d.e.hostID, d.artifactBase()+"/"+pkg.name, dep.GetId())
 	return dep.GetId(), nil
 }
 
@@ -618,4 +625,14 @@ func (d *demo) resolvable(ctx context.Context) bool {
 		Instances []json.RawMessage `json:"instances"`
 	}
 	return resp.StatusCode == http.StatusOK && json.NewDecoder(resp.Body).Decode(&res) == nil && len(res.Instances) > 0
+}
+
+// artifactBase is where the agent fetches the demo package: the artifact server's HTTP,
+// or its FTP under --tls (the agent trusts only the system's CAs and has no client
+// certificate for the artifact server).
+func (d *demo) artifactBase() string {
+	if d.e.cfg.TLSDir != "" {
+		return d.e.ftpURL
+	}
+	return d.e.artifactsURL
 }

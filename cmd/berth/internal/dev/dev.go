@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net/netip"
 	"os"
 	"path/filepath"
 	"syscall"
@@ -56,6 +57,18 @@ type Config struct {
 	// DockerHost is the Docker engine whose reachability is reported: unix:///path or
 	// tcp://host:port; "" means $DOCKER_HOST, else unix:///var/run/docker.sock.
 	DockerHost string
+	// ContainerNetwork is the Docker bridge network containers run on ("" means
+	// DefaultContainerNetwork); made with ContainerSubnet when missing.
+	ContainerNetwork string
+	// ContainerSubnet is that network's subnet ("" means DefaultContainerSubnet); the local
+	// host's container pool in the inventory is its host addresses.
+	ContainerSubnet string
+	// Registry is an external registry (host:port) images are pushed to and pulled from;
+	// "" runs one on loopback at RegistryPort.
+	Registry string
+	// RegistryPort is the loopback registry's port (-1: none, container mode off unless
+	// Registry is set).
+	RegistryPort int
 	// Demo builds examples/demo, packs it and deploys it as demo/hello once everything is up.
 	Demo bool
 	// DemoPort is the port the demo app listens on.
@@ -63,6 +76,11 @@ type Config struct {
 	// DemoSource is the demo's source directory; "" looks for examples/demo in the working
 	// directory and its parents, then next to this source file.
 	DemoSource string
+	// TLSDir, when set, is a `berth certs init` directory: the HTTP endpoints serve HTTPS
+	// that requires client certificates of its CA (security.go).
+	TLSDir string
+	// TokensFile, when set, is the controller's API token file (pkg/apitoken).
+	TokensFile string
 	// LogLevel is the level of the services' logs.
 	LogLevel string
 	// Out receives the endpoints and progress lines meant for the person running berth dev.
@@ -130,13 +148,21 @@ func (c *Config) Validate() error {
 			return fmt.Errorf("%s %d: want 0..65535", p.flag, p.port)
 		}
 	}
+	if c.RegistryPort < -1 || c.RegistryPort > 65535 {
+		return fmt.Errorf("--registry-port %d: want 0..65535, or -1 for none", c.RegistryPort)
+	}
+	if c.ContainerSubnet != "" {
+		if p, err := netip.ParsePrefix(c.ContainerSubnet); err != nil || !p.Addr().Is4() || p.Bits() > 29 {
+			return fmt.Errorf("--container-subnet %q: want an IPv4 CIDR of /29 or larger (172.30.0.0/24)", c.ContainerSubnet)
+		}
+	}
 	if c.ControllerPort < 0 || c.ControllerPort > 65535 {
 		return fmt.Errorf("--controller-port %d: want 0..65535", c.ControllerPort)
 	}
 	if c.CoordPort < 1 || c.CoordPort > 65534 {
 		return fmt.Errorf("--coord-port %d: want 1..65534 (the next port is coord's peer port)", c.CoordPort)
 	}
-	return nil
+	return c.validateSecurity()
 }
 
 // env is what the services of berth dev share while starting.
@@ -157,6 +183,9 @@ type env struct {
 	dnsAddr string
 	// coordReg is coord's own registry, served with reg.
 	coordReg prometheus.Gatherer
+	// ownRegs are the registries of services whose metric names would collide in reg (the
+	// image builder's pkg/artifact metrics are the agent's too), served with it.
+	ownRegs []prometheus.Gatherer
 	// readyChecks are served on /readyz.
 	readyChecks []readyCheck
 	// endpoints are printed once everything started, in order.
@@ -166,6 +195,8 @@ type env struct {
 	// artifactsDir is the artifact server's directory; artifactsURL and ftpURL its base
 	// URLs, with no trailing slash.
 	artifactsDir, artifactsURL, ftpURL string
+	// containers is set when container mode is on (containers.go).
+	containers *containerMode
 	// up is closed once every service started and the endpoints were printed; parts that
 	// talk to the person running berth dev wait for it.
 	up chan struct{}
@@ -242,6 +273,7 @@ func Run(ctx context.Context, cfg Config) error {
 	if ctx.Err() != nil {
 		return g.Wait(ctx)
 	}
+	e.announceSecurity()
 	fmt.Fprintf(cfg.Out, "berth dev is up in %s; data in %s\n", time.Since(started).Round(time.Millisecond), cfg.DataDir)
 	for _, ep := range e.endpoints {
 		fmt.Fprintf(cfg.Out, "  %-14s %s\n", ep.name, ep.url)

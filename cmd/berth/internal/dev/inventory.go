@@ -14,7 +14,11 @@ import (
 // startCMDBSync runs berth-cmdb-sync with a file source listing this machine, so that the
 // local agent's host is in the inventory with its liveness.
 func startCMDBSync(ctx context.Context, e *env, g *run.Group) error {
-	row, err := cmdbsync.LocalHost(cmdbsync.LocalHostOptions{ID: e.hostID})
+	opts := cmdbsync.LocalHostOptions{ID: e.hostID}
+	if e.containers != nil {
+		opts.IPPool = []string{e.containers.pool}
+	}
+	row, err := cmdbsync.LocalHost(opts)
 	if err != nil {
 		return fmt.Errorf("local host row: %w", err)
 	}

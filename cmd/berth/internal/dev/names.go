@@ -17,6 +17,7 @@ func startNames(ctx context.Context, e *env, g *run.Group) error {
 	cfg.Name = "dev"
 	cfg.DNSAddr = net.JoinHostPort(e.cfg.Host, strconv.Itoa(e.cfg.DNSPort))
 	cfg.HTTPAddr = net.JoinHostPort(e.cfg.Host, strconv.Itoa(e.cfg.NamesPort))
+	cfg.HTTPTLS = e.serverFiles("name-service")
 	s, err := nameservice.New(cfg, nameservice.Deps{Bus: e.bus, Coord: e.coord, Logger: e.log, Registerer: e.reg})
 	if err != nil {
 		return fmt.Errorf("name service: %w", err)
@@ -26,7 +27,7 @@ func startNames(ctx context.Context, e *env, g *run.Group) error {
 		return fmt.Errorf("name service: %w (is another berth dev running? pass --dns-port / --names-port)", err)
 	}
 	g.Add("name-service", s.Run)
-	e.namesURL = "http://" + addrs.HTTP.String()
+	e.namesURL = e.scheme() + "://" + addrs.HTTP.String()
 	e.announce("names API", e.namesURL)
 	e.announce("DNS", addrs.DNSUDP.String()+" (udp and tcp), zone ns.berth.internal")
 	e.dnsAddr = addrs.DNSUDP.String()

@@ -19,13 +19,13 @@ type service struct {
 var services = []service{
 	{name: "nats", start: startNATS},
 	{name: "coord", start: startCoord},
+	{name: "containers", start: startContainers},
 	{name: "cmdb-sync", start: startCMDBSync},
 	{name: "scheduler", start: startScheduler},
 	{name: "agent", start: startAgent},
 	{name: "name-service", start: startNames},
 	{name: "controller", start: startController},
 	{name: "artifacts", start: startArtifacts},
-	{name: "containers", start: startContainers},
 	{name: "admin", start: startAdmin},
 	{name: "demo", start: startDemo},
 }

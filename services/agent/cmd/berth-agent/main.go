@@ -1,7 +1,7 @@
 // Command berth-agent is the Berth agent of one host: it runs task steps sent by the
-// controller (plugins and the built-in package-deploy plugin), keeps the host's presence
-// in coord, registers and health-checks the host's instances, renders their templates, and
-// serves a local DNS resolver and name API. `berth-agent --once --dry-run --template F`
+// controller (plugins and the built-in package-deploy and container-deploy plugins), keeps
+// the host's presence in coord, registers and health-checks the host's instances, renders
+// their templates, and serves a local DNS resolver and name API. `berth-agent --once --dry-run --template F`
 // prints one template rendered with the current inputs. See services/agent/README.md.
 package main
 

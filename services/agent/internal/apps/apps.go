@@ -281,7 +281,12 @@ func (a *Apps) Stopped(r pkgdeploy.Release) {
 // barrier (the service's DNS TTL and this host's template reloads, both within DrainMax).
 // An instance that was never registered is only forgotten.
 func (a *Apps) Drain(ctx context.Context, service string, port int) error {
-	id := instances.InstanceID(a.cfg.Host, port)
+	return a.DrainID(ctx, service, instances.InstanceID(a.cfg.Host, port))
+}
+
+// DrainID drains the instance of service with the id, as Drain does; a container's
+// instance has an id of its own. An instance the manager does not have is not an error.
+func (a *Apps) DrainID(ctx context.Context, service, id string) error {
 	if !a.cfg.Instances.Has(service, id) {
 		return nil
 	}

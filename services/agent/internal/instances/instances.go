@@ -111,6 +111,12 @@ type Spec struct {
 	Probe Probe
 	// Origin says where the instance comes from, for logs: deploy, restart, static.
 	Origin string
+	// ID is the instance's id; empty means InstanceID(host, Port). A container has an id
+	// of its own (several containers of a service may listen on one port of a host, each
+	// on its own address).
+	ID string
+	// IP is the address the instance is reached at; empty means Config.IP (the host's).
+	IP string
 }
 
 // Manager runs the instances' checks and registrations. Create it with New and run Run;
@@ -133,6 +139,7 @@ type Manager struct {
 type instance struct {
 	spec    Spec
 	id      string
+	ip      string
 	path    string
 	tracker *health.Tracker
 
@@ -206,6 +213,17 @@ func New(cfg Config) (*Manager, error) {
 // made a DNS label (lowercase; characters other than letters, digits, '-' and '_' become
 // '-'), then "-<port>" when port is not 0. One host runs one instance per (service, port).
 func InstanceID(host string, port int) string {
+	suffix := ""
+	if port != 0 {
+		suffix = strconv.Itoa(port)
+	}
+	return InstanceIDWith(host, suffix)
+}
+
+// InstanceIDWith is the host id made a DNS label followed by "-<suffix>" (nothing when
+// suffix is empty), the host part shortened so that the whole is at most 63 bytes; a suffix
+// that leaves no room for the host is the id alone. The suffix must be a DNS label.
+func InstanceIDWith(host, suffix string) string {
 	var b strings.Builder
 	for _, c := range strings.ToLower(host) {
 		if c >= 'a' && c <= 'z' || c >= '0' && c <= '9' || c == '-' || c == '_' {
@@ -215,14 +233,30 @@ func InstanceID(host string, port int) string {
 		}
 	}
 	id := b.String()
-	suffix := ""
-	if port != 0 {
-		suffix = "-" + strconv.Itoa(port)
+	if suffix == "" {
+		return id[:min(len(id), 63)]
 	}
-	if len(id)+len(suffix) > 63 {
-		id = id[:63-len(suffix)]
+	if len(suffix) > 61 {
+		return suffix
 	}
-	return id + suffix
+	if len(id)+1+len(suffix) > 63 {
+		id = id[:63-1-len(suffix)]
+	}
+	return id + "-" + suffix
+}
+
+// checkLabel checks that id is a DNS label: 1..63 lowercase letters, digits and '-', not
+// starting or ending with '-'.
+func checkLabel(id string) error {
+	if id == "" || len(id) > 63 || id[0] == '-' || id[len(id)-1] == '-' {
+		return fmt.Errorf("%q: want a DNS label of 1..63 bytes", id)
+	}
+	for _, c := range id {
+		if !(c >= 'a' && c <= 'z' || c >= '0' && c <= '9' || c == '-') {
+			return fmt.Errorf("%q: want lowercase letters, digits and '-'", id)
+		}
+	}
+	return nil
 }
 
 // Path is the coord path of an instance.
@@ -246,8 +280,17 @@ func (m *Manager) Add(ctx context.Context, spec Spec, healthy bool) (string, err
 	if spec.Port < 0 || spec.Port > 65535 {
 		return "", fmt.Errorf("instance of %s: port %d out of range 0..65535", spec.Service, spec.Port)
 	}
-	id := InstanceID(m.cfg.Host, spec.Port)
-	in := &instance{spec: spec, id: id, path: Path(spec.Service, id), state: namesv1.InstanceState_INSTANCE_STATE_ACTIVE, since: time.Now()}
+	id := spec.ID
+	if id == "" {
+		id = InstanceID(m.cfg.Host, spec.Port)
+	} else if err := checkLabel(id); err != nil {
+		return "", fmt.Errorf("instance of %s: id %w", spec.Service, err)
+	}
+	ip := spec.IP
+	if ip == "" {
+		ip = m.cfg.IP
+	}
+	in := &instance{spec: spec, id: id, ip: ip, path: Path(spec.Service, id), state: namesv1.InstanceState_INSTANCE_STATE_ACTIVE, since: time.Now()}
 	if healthy || spec.Probe == nil {
 		in.tracker = health.NewHealthyTracker(p)
 	} else {
@@ -325,13 +368,13 @@ func (m *Manager) Has(service, id string) bool {
 
 // Status is one instance as the manager sees it.
 type Status struct {
-	Service, ID, Version string
-	Port                 int
-	Verdict              health.Verdict
-	Registered           bool
-	Draining             bool
-	Since                time.Time
-	LastError            string
+	Service, ID, Version, IP string
+	Port                     int
+	Verdict                  health.Verdict
+	Registered               bool
+	Draining                 bool
+	Since                    time.Time
+	LastError                string
 }
 
 // List returns every instance, by service and id.
@@ -345,13 +388,31 @@ func (m *Manager) List() []Status {
 	out := make([]Status, 0, len(ins))
 	for _, in := range ins {
 		in.mu.Lock()
-		out = append(out, Status{Service: in.spec.Service, ID: in.id, Version: in.spec.Version, Port: in.spec.Port,
-			Verdict: in.verdict, Registered: in.registered, Draining: in.state == namesv1.InstanceState_INSTANCE_STATE_DRAINING,
-			Since: in.since, LastError: in.lastErr})
+		out = append(out, in.statusLocked())
 		in.mu.Unlock()
 	}
 	slices.SortFunc(out, func(a, b Status) int { return strings.Compare(a.Service+"/"+a.ID, b.Service+"/"+b.ID) })
 	return out
+}
+
+// Lookup returns the instance as the manager sees it, if it has it.
+func (m *Manager) Lookup(service, id string) (Status, bool) {
+	m.mu.Lock()
+	in := m.insts[service+"/"+id]
+	m.mu.Unlock()
+	if in == nil {
+		return Status{}, false
+	}
+	in.mu.Lock()
+	defer in.mu.Unlock()
+	return in.statusLocked(), true
+}
+
+// statusLocked is in's Status. in.mu is held.
+func (in *instance) statusLocked() Status {
+	return Status{Service: in.spec.Service, ID: in.id, Version: in.spec.Version, IP: in.ip, Port: in.spec.Port,
+		Verdict: in.verdict, Registered: in.registered, Draining: in.state == namesv1.InstanceState_INSTANCE_STATE_DRAINING,
+		Since: in.since, LastError: in.lastErr}
 }
 
 // Run starts the checks of the instances added so far and of those added later, and
@@ -569,7 +630,7 @@ func (m *Manager) message(in *instance) *namesv1.Instance {
 		h = namesv1.Health_HEALTH_FLAPPING
 	}
 	msg := &namesv1.Instance{
-		Id: in.id, Service: in.spec.Service, Host: m.cfg.Host, Ip: m.cfg.IP, Port: uint32(in.spec.Port), Dc: m.cfg.DC,
+		Id: in.id, Service: in.spec.Service, Host: m.cfg.Host, Ip: in.ip, Port: uint32(in.spec.Port), Dc: m.cfg.DC,
 		Version: in.spec.Version, Tags: slices.Clone(in.spec.Tags), Weight: uint32(in.spec.Weight), State: in.state, Health: h,
 	}
 	if !in.regAt.IsZero() {
@@ -606,7 +667,7 @@ func (m *Manager) report(in *instance, typ, prev, reason string) {
 		ID:      natsbus.EventID(in.spec.Service, in.id, typ, m.cfg.Host, strconv.FormatInt(now.UnixNano(), 10)),
 		Type:    subjects.EventType(subjects.DomainInstance, typ), ServicePath: in.spec.Service, Time: now,
 		Data: &eventsv1.InstanceEvent{
-			Service: in.spec.Service, InstanceId: in.id, Host: m.cfg.Host, Ip: m.cfg.IP, Port: uint32(in.spec.Port), Dc: m.cfg.DC,
+			Service: in.spec.Service, InstanceId: in.id, Host: m.cfg.Host, Ip: in.ip, Port: uint32(in.spec.Port), Dc: m.cfg.DC,
 			Version: in.spec.Version, State: typ, PreviousState: prev, Reason: reason, At: timestamppb.New(now),
 		},
 	})

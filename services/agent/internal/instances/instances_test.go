@@ -244,6 +244,8 @@ func TestBadSpecs(t *testing.T) {
 		{Service: "a/b", Port: 70000, Interval: time.Second, Rise: 1, Fall: 1},
 		{Service: "a/b", Port: 1, Interval: 0, Rise: 1, Fall: 1},
 		{Service: "a/b", Port: 1, Interval: time.Second, Rise: 0, Fall: 1},
+		{Service: "a/b", Port: 1, Interval: time.Second, Rise: 1, Fall: 1, ID: "Not_A_Label"},
+		{Service: "a/b", Port: 1, Interval: time.Second, Rise: 1, Fall: 1, ID: "-x"},
 	}
 	for _, s := range tests {
 		if _, err := m.Add(t.Context(), s, false); err == nil {
@@ -267,5 +269,45 @@ func TestInstanceID(t *testing.T) {
 		if got := InstanceID(tt.host, tt.port); got != tt.want || len(got) > 63 {
 			t.Errorf("InstanceID(%q, %d): got %q, want %q", tt.host, tt.port, got, tt.want)
 		}
+	}
+}
+
+func TestInstanceIDWith(t *testing.T) {
+	long := "a-very-long-host-name-that-goes-on-and-on-and-on-for-ever-and-ever"
+	tests := []struct {
+		host, suffix, want string
+	}{
+		{"h-017", "3fa9c0d2e1b4a5968778", "h-017-3fa9c0d2e1b4a5968778"},
+		{"h-017", "", "h-017"},
+		{long, "3fa9c0d2e1b4a5968778", long[:63-21] + "-3fa9c0d2e1b4a5968778"},
+		{"h", "abcdefghijabcdefghijabcdefghijabcdefghijabcdefghijabcdefghijab", "abcdefghijabcdefghijabcdefghijabcdefghijabcdefghijabcdefghijab"},
+	}
+	for _, tt := range tests {
+		if got := InstanceIDWith(tt.host, tt.suffix); got != tt.want || len(got) > 63 {
+			t.Errorf("InstanceIDWith(%q, %q): got %q, want %q", tt.host, tt.suffix, got, tt.want)
+		}
+	}
+}
+
+// TestOwnIDAndIP: an instance with an id and an address of its own (a container) is
+// registered under them, and Lookup reports it.
+func TestOwnIDAndIP(t *testing.T) {
+	reg := newRegistrar()
+	m := start(t, Config{Registrar: reg})
+	id, err := m.Add(t.Context(), Spec{Service: "a/b", Port: 8080, ID: "h-1-alloc1", IP: "172.30.0.5",
+		Interval: time.Second, Timeout: time.Second, Rise: 1, Fall: 1}, true)
+	if err != nil || id != "h-1-alloc1" {
+		t.Fatalf("Add: id %q, %v; want h-1-alloc1", id, err)
+	}
+	n := reg.node("/berth/instances/a/b/h-1-alloc1")
+	if n.GetIp() != "172.30.0.5" || n.GetId() != "h-1-alloc1" || n.GetPort() != 8080 {
+		t.Errorf("node: got %v, want id h-1-alloc1 at 172.30.0.5:8080", n)
+	}
+	st, ok := m.Lookup("a/b", "h-1-alloc1")
+	if !ok || !st.Registered || st.IP != "172.30.0.5" {
+		t.Errorf("Lookup: got %+v, %v; want registered at 172.30.0.5", st, ok)
+	}
+	if _, ok := m.Lookup("a/b", "h-1-8080"); ok {
+		t.Errorf("Lookup of an id never added: found")
 	}
 }

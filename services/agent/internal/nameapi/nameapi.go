@@ -21,6 +21,7 @@ import (
 	"bytes"
 	"context"
 	"crypto/rand"
+	"crypto/tls"
 	"encoding/hex"
 	"encoding/json"
 	"errors"
@@ -39,6 +40,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"google.golang.org/protobuf/encoding/protojson"
 
+	"github.com/berthdev/berth/pkg/certs"
 	"github.com/berthdev/berth/pkg/dnsview"
 	namesv1 "github.com/berthdev/berth/proto/names/v1"
 	"github.com/berthdev/berth/services/agent/internal/views"
@@ -72,6 +74,8 @@ type Config struct {
 	Logger *slog.Logger
 	// Registerer receives the metrics; nil registers none.
 	Registerer prometheus.Registerer
+	// TLS, when set, serves the API over HTTPS with it (plain HTTP is refused).
+	TLS *tls.Config
 }
 
 // API serves the local name API. Create it with New, bind with Listen, serve with Run.
@@ -154,7 +158,7 @@ func New(cfg Config, v Views) (*API, error) {
 
 // Listen binds the address and returns it (port 0 picks one).
 func (a *API) Listen() (net.Addr, error) {
-	l, err := net.Listen("tcp", a.cfg.Listen)
+	l, err := certs.Listen(a.cfg.Listen, a.cfg.TLS)
 	if err != nil {
 		return nil, fmt.Errorf("name api: listen %s: %w", a.cfg.Listen, err)
 	}

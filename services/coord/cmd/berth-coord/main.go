@@ -45,6 +45,9 @@ func run() int {
 	fs.StringVar(&cfg.PeerTLS.Cert, "peer-cert-file", "", "peer TLS certificate (used as server and client)")
 	fs.StringVar(&cfg.PeerTLS.Key, "peer-key-file", "", "peer TLS key")
 	fs.StringVar(&cfg.PeerTLS.TrustedCA, "peer-trusted-ca-file", "", "CA that peer certificates must chain to")
+	fs.StringVar(&cfg.HTTPTLS.Cert, "http-cert-file", "", "TLS certificate of /metrics, /healthz, /readyz")
+	fs.StringVar(&cfg.HTTPTLS.Key, "http-key-file", "", "TLS key of /metrics, /healthz, /readyz")
+	fs.StringVar(&cfg.HTTPTLS.TrustedCA, "http-trusted-ca-file", "", "CA that scrapers' certificates must chain to (mutual TLS)")
 	restore := fs.String("restore-snapshot", "", "seed the empty --data-dir from this snapshot file, then start")
 	logFormat := fs.String("log-format", "json", "log format: json or text")
 	if err := fs.Parse(os.Args[1:]); err != nil {

@@ -183,6 +183,11 @@ var baseFiles = []struct {
 	{"rootfs/etc/group", "root:x:0:\nnogroup:x:65534:\n"},
 }
 
+// nohupScript is /usr/bin/nohup of a base whose busybox has no nohup applet: the command
+// runs with SIGHUP ignored (POSIX nohup; output is not redirected to nohup.out, since
+// containers have no terminal).
+const nohupScript = "#!/bin/sh\ntrap '' HUP\nexec \"$@\"\n"
+
 // ErrNoShell is a base whose applets do not include sh.
 var ErrNoShell = errors.New("buildctx: busybox has no sh applet")
 
@@ -223,7 +228,8 @@ func WriteBase(w io.Writer, b Base) error {
 	if err := addBytes(tw, "Dockerfile", []byte(sb.String()), 0o644); err != nil {
 		return err
 	}
-	dirs := map[string]bool{"rootfs": true, "rootfs/bin": true, "rootfs/tmp": true, "rootfs/root": true, "rootfs/etc": true}
+	dirs := map[string]bool{"rootfs": true, "rootfs/bin": true, "rootfs/tmp": true, "rootfs/root": true, "rootfs/etc": true,
+		"rootfs/usr": true, "rootfs/usr/bin": true}
 	for l := range links {
 		for d := path.Dir("rootfs/" + l); d != "rootfs" && d != "."; d = path.Dir(d) {
 			dirs[d] = true
@@ -269,6 +275,14 @@ func WriteBase(w io.Writer, b Base) error {
 	}
 	for _, bf := range baseFiles {
 		if err := addBytes(tw, bf.name, []byte(bf.data), 0o644); err != nil {
+			return err
+		}
+	}
+	// Package start scripts commonly run `nohup app &`; Debian's busybox-static has no
+	// nohup applet, so the base carries the POSIX utility as a two-line script when the
+	// busybox lacks it.
+	if !links["usr/bin/nohup"] && !links["bin/nohup"] {
+		if err := addBytes(tw, "rootfs/usr/bin/nohup", []byte(nohupScript), 0o755); err != nil {
 			return err
 		}
 	}

@@ -137,18 +137,19 @@ func TestWriteBase(t *testing.T) {
 	}
 	got := readTar(t, buf.Bytes())
 	for name, w := range map[string]entry{
-		"rootfs/bin/busybox":  {typ: tar.TypeReg, mode: 0o755, data: "ELF"},
-		"rootfs/bin/sh":       {typ: tar.TypeSymlink, mode: 0o777, link: "busybox"},
-		"rootfs/bin/ls":       {typ: tar.TypeSymlink, mode: 0o777, link: "busybox"},
-		"rootfs/usr/bin/env":  {typ: tar.TypeSymlink, mode: 0o777, link: "../../bin/busybox"},
-		"rootfs/sbin/init":    {typ: tar.TypeSymlink, mode: 0o777, link: "../bin/busybox"},
-		"rootfs/tmp/":         {typ: tar.TypeDir, mode: 0o1777},
-		"rootfs/usr/bin/":     {typ: tar.TypeDir, mode: 0o755},
-		"rootfs/etc/passwd":   {typ: tar.TypeReg, mode: 0o644, data: baseFiles[0].data},
-		"rootfs/root/":        {typ: tar.TypeDir, mode: 0o700},
-		"rootfs/etc/evil":     {},
-		"rootfs/../etc/evil":  {},
-		"rootfs/bin/busybox/": {},
+		"rootfs/bin/busybox":   {typ: tar.TypeReg, mode: 0o755, data: "ELF"},
+		"rootfs/bin/sh":        {typ: tar.TypeSymlink, mode: 0o777, link: "busybox"},
+		"rootfs/bin/ls":        {typ: tar.TypeSymlink, mode: 0o777, link: "busybox"},
+		"rootfs/usr/bin/env":   {typ: tar.TypeSymlink, mode: 0o777, link: "../../bin/busybox"},
+		"rootfs/sbin/init":     {typ: tar.TypeSymlink, mode: 0o777, link: "../bin/busybox"},
+		"rootfs/tmp/":          {typ: tar.TypeDir, mode: 0o1777},
+		"rootfs/usr/bin/":      {typ: tar.TypeDir, mode: 0o755},
+		"rootfs/usr/bin/nohup": {typ: tar.TypeReg, mode: 0o755, data: nohupScript},
+		"rootfs/etc/passwd":    {typ: tar.TypeReg, mode: 0o644, data: baseFiles[0].data},
+		"rootfs/root/":         {typ: tar.TypeDir, mode: 0o700},
+		"rootfs/etc/evil":      {},
+		"rootfs/../etc/evil":   {},
+		"rootfs/bin/busybox/":  {},
 	} {
 		g, ok := got[name]
 		if w == (entry{}) {

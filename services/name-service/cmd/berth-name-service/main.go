@@ -38,7 +38,12 @@ func realMain() int {
 	}
 	ctx, stop := run.SignalContext(context.Background())
 	defer stop()
-	bus, err := natsbus.Connect(ctx, natsbus.Config{URLs: cfg.NATSURLs(), Name: "berth-name-service/" + cfg.Name, Logger: log})
+	ncfg := natsbus.Config{URLs: cfg.NATSURLs(), Name: "berth-name-service/" + cfg.Name, Logger: log}
+	if err := cfg.NATSAuth.Apply(&ncfg); err != nil {
+		log.Error("berth-name-service: nats", "err", err)
+		return 1
+	}
+	bus, err := natsbus.Connect(ctx, ncfg)
 	if err != nil {
 		log.Error("berth-name-service: nats", "err", err)
 		return 1
@@ -48,7 +53,12 @@ func realMain() int {
 		defer cancel()
 		_ = bus.Close(cctx)
 	}()
-	coord, err := coordclient.New(ctx, coordclient.Config{Endpoints: cfg.CoordEndpoints(), Logger: log})
+	coordTLS, err := cfg.CoordTLS.ClientTLS("")
+	if err != nil {
+		log.Error("berth-name-service: coord_tls", "err", err)
+		return 1
+	}
+	coord, err := coordclient.New(ctx, coordclient.Config{Endpoints: cfg.CoordEndpoints(), Logger: log, TLS: coordTLS})
 	if err != nil {
 		log.Error("berth-name-service: coord", "err", err)
 		return 1

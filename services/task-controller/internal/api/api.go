@@ -282,7 +282,7 @@ func (s *Server) createDeployment(w http.ResponseWriter, r *http.Request) error 
 		return apiErr(http.StatusBadRequest, "invalid_argument", "strategy", "the effective strategy (inherited from the service tree, with the request's fields) is invalid: %v", err)
 	}
 	hosts := req.Hosts
-	if len(hosts) == 0 {
+	if len(hosts) == 0 && req.placement == nil {
 		hosts = node.GetHosts()
 		if len(hosts) == 0 {
 			return apiErr(http.StatusBadRequest, "invalid_argument", "hosts", "no hosts given and none are bound to %s in the service tree (berth tree set %s --host H)", req.Service, req.Service)
@@ -294,6 +294,9 @@ func (s *Server) createDeployment(w http.ResponseWriter, r *http.Request) error 
 		Artifact: &controllerv1.Artifact{Url: req.Artifact.URL, Sha256: req.Artifact.SHA256}, Hosts: hosts,
 		Strategy: strat, Requested: requested, RequestedBy: requester(r), Queue: req.Queue, Stages: []string{"steps"},
 		Status: &controllerv1.RunStatus{State: model.StatePending, CreatedAt: timestamppb.New(now)}}
+	if req.placement != nil {
+		dep.Mode, dep.Placement, dep.Stages = model.ModeContainer, req.placement, []string{"image", "placement", "steps"}
+	}
 	ctl := &controllerv1.Control{Kind: model.KindDeployment, Service: req.Service, CreatedAt: timestamppb.New(now)}
 	lockPath := model.LockPath(req.Service)
 	head, err := model.Marshal(dep)
@@ -612,12 +615,12 @@ func buildRun(kind, head, id string, nodes []coordclient.Node, withTargets bool)
 	if err := model.Unmarshal(nodes[0].Value, d); err != nil {
 		return nil, 0, err
 	}
-	for _, h := range d.GetHosts() {
+	for _, key := range model.TargetKeys(d) {
 		if !withTargets {
 			break
 		}
-		t := &controllerv1.Target{Host: h, State: model.TargetPending}
-		if n, ok := per[h]; ok {
+		t := model.PendingTarget(d, key)
+		if n, ok := per[key]; ok {
 			_ = model.Unmarshal(n.Value, t)
 		}
 		d.Targets = append(d.Targets, t)

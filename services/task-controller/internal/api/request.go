@@ -144,6 +144,56 @@ type DeploymentRequest struct {
 	Hosts    []string      `json:"hosts,omitempty"`
 	Strategy *StrategyJSON `json:"strategy,omitempty"`
 	Queue    bool          `json:"queue,omitempty"`
+
+	// placement is Placement once checked (container mode).
+	placement *controllerv1.Placement
+	// Placement is container mode's: what to ask the scheduler for.
+	Placement *PlacementJSON `json:"placement,omitempty"`
+}
+
+// PlacementJSON is a container deployment's placement as the API takes it.
+type PlacementJSON struct {
+	Replicas    uint32 `json:"replicas"`
+	CPUMillis   uint64 `json:"cpu_millis"`
+	MemoryBytes uint64 `json:"memory_bytes"`
+	Spread      string `json:"spread,omitempty"`
+	Constraints string `json:"constraints,omitempty"`
+	MaxPerHost  uint32 `json:"max_per_host,omitempty"`
+}
+
+// maxCPUMillis bounds a container's CPU (1024 cores).
+const maxCPUMillis = 1 << 20
+
+// proto checks the placement; fields are named placement.<field> in errors.
+func (p *PlacementJSON) proto() (*controllerv1.Placement, error) {
+	switch {
+	case p.Replicas < 1 || p.Replicas > model.MaxReplicas:
+		return nil, fieldErr("placement.replicas", "%d: want 1 to %d containers", p.Replicas, model.MaxReplicas)
+	case p.CPUMillis == 0:
+		return nil, fieldErr("placement.cpu_millis", "missing or 0: want the CPU of each container in thousandths of a core (100 is 0.1 core)")
+	case p.CPUMillis > maxCPUMillis:
+		return nil, fieldErr("placement.cpu_millis", "%d: at most %d", p.CPUMillis, maxCPUMillis)
+	case p.MemoryBytes < model.MinMemoryBytes:
+		return nil, fieldErr("placement.memory_bytes", "%d: want at least %d bytes (6 MiB, Docker's smallest limit)", p.MemoryBytes, model.MinMemoryBytes)
+	case p.MemoryBytes > 1<<50:
+		return nil, fieldErr("placement.memory_bytes", "%d: absurdly large", p.MemoryBytes)
+	case p.MaxPerHost > model.MaxPerHostCap:
+		return nil, fieldErr("placement.max_per_host", "%d: want 0 (no cap) to %d", p.MaxPerHost, model.MaxPerHostCap)
+	case len(p.Constraints) > model.MaxConstraintsLen:
+		return nil, fieldErr("placement.constraints", "%d bytes, at most %d", len(p.Constraints), model.MaxConstraintsLen)
+	}
+	switch p.Spread {
+	case "", "dc", "rack":
+	default:
+		return nil, fieldErr("placement.spread", "%q: want dc, rack or empty", p.Spread)
+	}
+	for _, r := range p.Constraints {
+		if r < ' ' || r == 0x7f {
+			return nil, fieldErr("placement.constraints", "contains a control character")
+		}
+	}
+	return &controllerv1.Placement{Replicas: p.Replicas, CpuMillis: p.CPUMillis, MemoryBytes: p.MemoryBytes,
+		Spread: p.Spread, Constraints: strings.TrimSpace(p.Constraints), MaxPerHost: p.MaxPerHost}, nil
 }
 
 func fieldErr(field, format string, args ...any) error {
@@ -195,7 +245,8 @@ func checkHosts(field string, hosts []string, limit int) error {
 	return nil
 }
 
-// validate checks every field that does not need coord.
+// validate checks every field that does not need coord. A container deployment's
+// placement is checked and kept in d.placement.
 func (d *DeploymentRequest) validate() (*controllerv1.Strategy, error) {
 	if err := model.CheckService(d.Service); err != nil {
 		return nil, fieldErr("service", "%v", err)
@@ -203,8 +254,25 @@ func (d *DeploymentRequest) validate() (*controllerv1.Strategy, error) {
 	if err := model.CheckVersion(d.Version); err != nil {
 		return nil, fieldErr("version", "%v", err)
 	}
-	if d.Mode != "" && d.Mode != "package" {
-		return nil, fieldErr("mode", "%q: only package mode is supported", d.Mode)
+	switch d.Mode {
+	case "", model.ModePackage:
+		if d.Placement != nil {
+			return nil, fieldErr("placement", "a placement is for container mode only (\"mode\": \"container\"); package mode deploys to hosts")
+		}
+	case model.ModeContainer:
+		if len(d.Hosts) > 0 {
+			return nil, fieldErr("hosts", "hosts are for package mode only; container mode places its containers with the scheduler (placement)")
+		}
+		if d.Placement == nil {
+			return nil, fieldErr("placement", "missing: container mode needs {\"replicas\", \"cpu_millis\", \"memory_bytes\"}")
+		}
+		p, err := d.Placement.proto()
+		if err != nil {
+			return nil, err
+		}
+		d.placement = p
+	default:
+		return nil, fieldErr("mode", "%q: want package or container", d.Mode)
 	}
 	if d.Artifact == nil {
 		return nil, fieldErr("artifact", "missing: give the package as {\"url\": ..., \"sha256\": ...}")

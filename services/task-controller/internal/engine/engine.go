@@ -166,6 +166,12 @@ func (e *Engine) Run(ctx context.Context) error {
 	}); err != nil {
 		return fmt.Errorf("subscribe to step progress: %w", err)
 	}
+	// Rescheduled allocations get replacement runs (reschedule.go).
+	bg.Add(1)
+	go func() {
+		defer bg.Done()
+		e.watchReschedules(subCtx)
+	}()
 
 	list, err := e.coord.List(ctx, model.ActivePrefix)
 	if err != nil {

@@ -19,7 +19,7 @@ func durationOf(d time.Duration) *durationpb.Duration { return durationpb.New(d)
 // decision (counting every target for every target event would cost O(targets²)).
 func (r *runner) eventCounts() *eventsv1.TargetCounts {
 	c := r.st.GetCounts()
-	return &eventsv1.TargetCounts{Total: int32(len(r.targets)), Pending: c.GetPending(), Running: c.GetRunning(),
+	return &eventsv1.TargetCounts{Total: int32(r.rollN()), Pending: c.GetPending(), Running: c.GetRunning(),
 		Succeeded: c.GetSucceeded(), Failed: c.GetFailed() + c.GetUnreachable(), Skipped: c.GetSkipped()}
 }
 
@@ -60,7 +60,7 @@ func (r *runner) runEvent(typ, prev string, batch int32, msg string, idParts ...
 func (r *runner) targetEvent(now time.Time, i int, prev string) {
 	t := r.targets[i]
 	s := t.GetStep()
-	id := natsbus.EventID(r.id, "target", t.GetHost(), t.GetState(), s.GetKind(), fmt.Sprint(s.GetAttempt()), t.GetRollback())
+	id := natsbus.EventID(r.id, "target", model.TargetKey(t), t.GetState(), s.GetKind(), fmt.Sprint(s.GetAttempt()), t.GetRollback())
 	if r.kind == model.KindTask {
 		subject, err := subjects.TaskEvent("step_changed", r.id)
 		if err != nil {
@@ -86,7 +86,7 @@ func (r *runner) targetEvent(now time.Time, i int, prev string) {
 			DeploymentId: r.id, Service: r.service, Version: r.dep.GetVersion(), Mode: r.dep.GetMode(), State: r.st.GetState(),
 			PreviousState: r.st.GetState(), Batch: t.GetBatch(), Message: t.GetMessage(), Counts: r.eventCounts(),
 			RequestedBy: r.dep.GetRequestedBy(), At: timestamppb.New(now),
-			Target: &eventsv1.TargetChange{Host: t.GetHost(), State: state, PreviousState: prev, Attempt: int32(s.GetAttempt()),
+			Target: &eventsv1.TargetChange{Host: t.GetHost(), Allocation: t.GetAllocation(), State: state, PreviousState: prev, Attempt: int32(s.GetAttempt()),
 				FailureClass: t.GetFailureClass(), Output: t.GetOutput()}}})
 }
 
@@ -99,6 +99,9 @@ func (r *runner) republish() {
 		return
 	}
 	r.runEvent("started", "", -1, "started", r.startedID()...)
+	if r.container() && len(r.dep.GetAllocations()) > 0 {
+		r.placedEvent(time.Now())
+	}
 	for _, b := range r.st.GetBatches() {
 		if b.GetStartedAt() != nil {
 			r.runEvent("batch_started", st, b.GetIndex(), fmt.Sprintf("batch %d started", b.GetIndex()+1), "batch_started", fmt.Sprint(b.GetIndex()))

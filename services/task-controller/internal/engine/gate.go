@@ -43,7 +43,7 @@ func (r *runner) gateInstance(now time.Time, i int, okMessage string) {
 func (r *runner) checkInstance(now time.Time, i int) {
 	t := r.targets[i]
 	v := &r.vols[i]
-	ok, why := r.instanceHealthy(t.GetHost())
+	ok, why := r.instanceHealthy(t.GetHost(), t.GetIp())
 	switch {
 	case ok:
 		v.instanceWait = false
@@ -66,28 +66,24 @@ func (r *runner) checkInstance(now time.Time, i int) {
 }
 
 // instanceHealthy reports whether host has an active, healthy instance of the deployed
-// version registered, and why not (or a note when the host's agent registers nothing).
-func (r *runner) instanceHealthy(host string) (bool, string) {
-	if _, err := r.e.coord.Get(r.ctx, alivePrefix+host); errors.Is(err, coordclient.ErrNotFound) {
-		return true, "no name-service check: the agent of " + host + " keeps no coord session"
-	} else if err != nil {
-		return false, fmt.Sprintf("read the presence of %s: %v", host, err)
-	}
-	res, err := r.e.coord.List(r.ctx, instancesPrefix+r.service)
+// version registered (at ip, when ip is set: a container's address), and why not (or a
+// note when the host's agent registers nothing). It reads the runner's gateView, so that a
+// batch of thousands of targets costs a few coord reads, not one per target.
+func (r *runner) instanceHealthy(host, ip string) (bool, string) {
+	g, err := r.gateView()
 	if err != nil {
-		if errors.Is(err, coordclient.ErrNotFound) {
-			return false, "no instance of " + r.service + " is registered yet"
-		}
-		return false, fmt.Sprintf("read the instances of %s: %v", r.service, err)
+		return false, err.Error()
+	}
+	if !g.alive[host] {
+		return true, "no name-service check: the agent of " + host + " keeps no coord session"
 	}
 	version := r.dep.GetVersion()
 	why := fmt.Sprintf("no instance of %s %s is registered on %s yet", r.service, version, host)
-	for _, n := range res.Nodes {
-		if n.Version == 0 {
-			continue
-		}
-		in := &namesv1.Instance{}
-		if err := model.Unmarshal(n.Value, in); err != nil || in.GetHost() != host || in.GetVersion() != version {
+	if ip != "" {
+		why = fmt.Sprintf("no instance of %s %s is registered at %s on %s yet", r.service, version, ip, host)
+	}
+	for _, in := range g.instances[host] {
+		if in.GetVersion() != version || (ip != "" && in.GetIp() != ip) {
 			continue
 		}
 		h := in.GetHealth()
@@ -100,6 +96,51 @@ func (r *runner) instanceHealthy(host string) (bool, string) {
 			strings.ToLower(strings.TrimPrefix(h.String(), "HEALTH_")))
 	}
 	return false, why
+}
+
+// gateView is what the health gate reads of coord: the hosts whose agents keep a session
+// and the service's instances by host, at most gateViewAge old.
+type gateView struct {
+	at        time.Time
+	alive     map[string]bool
+	instances map[string][]*namesv1.Instance
+}
+
+// gateViewAge bounds how stale the gate's view may be. Results of one batch arrive within
+// milliseconds of each other and share one read; a target whose instance registered just
+// after the read is checked again instancePoll later.
+const gateViewAge = 20 * time.Millisecond
+
+// gateView returns the runner's view, read again when older than gateViewAge.
+func (r *runner) gateView() (*gateView, error) {
+	if r.gate != nil && time.Since(r.gate.at) < gateViewAge {
+		return r.gate, nil
+	}
+	g := &gateView{at: time.Now(), alive: map[string]bool{}, instances: map[string][]*namesv1.Instance{}}
+	alive, err := r.e.coord.List(r.ctx, strings.TrimSuffix(alivePrefix, "/"), coordclient.KeysOnly())
+	if err != nil && !errors.Is(err, coordclient.ErrNotFound) {
+		return nil, fmt.Errorf("read the agents' presence: %w", err)
+	}
+	if alive != nil {
+		for _, n := range alive.Nodes {
+			g.alive[n.Path[strings.LastIndexByte(n.Path, '/')+1:]] = true
+		}
+	}
+	res, err := r.e.coord.List(r.ctx, instancesPrefix+r.service)
+	if err != nil && !errors.Is(err, coordclient.ErrNotFound) {
+		return nil, fmt.Errorf("read the instances of %s: %w", r.service, err)
+	}
+	if res != nil {
+		for _, n := range res.Nodes {
+			in := &namesv1.Instance{}
+			if n.Version == 0 || model.Unmarshal(n.Value, in) != nil {
+				continue
+			}
+			g.instances[in.GetHost()] = append(g.instances[in.GetHost()], in)
+		}
+	}
+	r.gate = g
+	return g, nil
 }
 
 // healthDeadline is the health gate's deadline, or its default.

@@ -21,6 +21,9 @@ type Metrics struct {
 	CoordWrites     *prometheus.CounterVec
 	CoordWriteTime  prometheus.Histogram
 	Events          *prometheus.CounterVec
+	// StageRequests and Replacements are container mode's (container.go, reschedule.go).
+	StageRequests *prometheus.CounterVec
+	Replacements  prometheus.Counter
 }
 
 // NewMetrics registers the metrics on reg (nil: not exported).
@@ -51,12 +54,17 @@ func NewMetrics(reg prometheus.Registerer) (*Metrics, error) {
 			Help: "Duration of fenced coord transactions.", Buckets: prometheus.ExponentialBuckets(0.0005, 2, 14)}),
 		Events: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Subsystem: sub, Name: "events_published_total",
 			Help: "Deploy and task events published, by outcome."}, []string{"outcome"}),
+		StageRequests: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Subsystem: sub, Name: "stage_requests_total",
+			Help: "Requests of container deployments' stages (image, placement, release), by stage and outcome (ok, infrastructure, application)."},
+			[]string{"stage", "outcome"}),
+		Replacements: prometheus.NewCounter(prometheus.CounterOpts{Namespace: ns, Subsystem: sub, Name: "replacement_runs_total",
+			Help: "Replacement runs made for rescheduled allocations."}),
 	}
 	if reg == nil {
 		return m, nil
 	}
 	for _, c := range []prometheus.Collector{m.IsLeader, m.LeaderChanges, m.TakeoverSeconds, m.FirstDispatch, m.ActiveRuns,
-		m.Runs, m.StepsSent, m.StepResults, m.Targets, m.CoordWrites, m.CoordWriteTime, m.Events} {
+		m.Runs, m.StepsSent, m.StepResults, m.Targets, m.CoordWrites, m.CoordWriteTime, m.Events, m.StageRequests, m.Replacements} {
 		if err := reg.Register(c); err != nil {
 			return nil, fmt.Errorf("register controller metrics: %w", err)
 		}

@@ -120,6 +120,8 @@ type runner struct {
 	vols    []vol
 	ctl     *controllerv1.Control
 	mail    *mailbox
+	// ctr is what a container deployment keeps in memory (container.go).
+	ctr containerRun
 
 	isQueued atomic.Bool
 	// lockRev is the create revision of the service lock this deployment holds, 0 when it
@@ -146,6 +148,9 @@ type runner struct {
 	events      []natsbus.Event
 	finishing   bool
 	finished    bool
+
+	// gate is the health gate's view of coord (gate.go).
+	gate *gateView
 
 	ctx context.Context
 	wg  sync.WaitGroup
@@ -202,7 +207,7 @@ func loadRunner(ctx context.Context, e *Engine, id string, ctl *controllerv1.Con
 		if r.dep.Status == nil {
 			r.dep.Status = &controllerv1.RunStatus{State: model.StatePending}
 		}
-		r.st, r.strat, r.hosts, r.service = r.dep.Status, r.dep.GetStrategy(), r.dep.GetHosts(), r.dep.GetService()
+		r.st, r.strat, r.hosts, r.service = r.dep.Status, r.dep.GetStrategy(), model.TargetKeys(r.dep), r.dep.GetService()
 		if r.st.GetState() != model.StateQueued && !model.TerminalRun(r.st.GetState()) {
 			lock, err := e.coord.Get(ctx, model.LockPath(r.service))
 			switch {
@@ -225,7 +230,7 @@ func loadRunner(ctx context.Context, e *Engine, id string, ctl *controllerv1.Con
 		r.stepTimeout = strategy.DefaultStepTimeout
 	}
 	r.progressTime = r.strat.GetProgressDeadline().AsDuration()
-	r.budget = strategy.Budget(r.strat.GetMaxFailures(), len(r.hosts))
+	r.budget = strategy.Budget(r.strat.GetMaxFailures(), r.rollN())
 	r.targets = make([]*controllerv1.Target, len(r.hosts))
 	r.vols = make([]vol, len(r.hosts))
 	for i, h := range r.hosts {
@@ -233,7 +238,7 @@ func loadRunner(ctx context.Context, e *Engine, id string, ctl *controllerv1.Con
 		if t := per[h]; t != nil {
 			r.targets[i] = t
 		} else {
-			r.targets[i] = &controllerv1.Target{Host: h, State: model.TargetPending}
+			r.targets[i] = r.pendingTarget(h)
 		}
 	}
 	r.isQueued.Store(r.st.GetState() == model.StateQueued)
@@ -294,6 +299,8 @@ func (r *runner) handle(msg any) {
 		r.ctl = m.ctl
 	case msgWake:
 		r.nextLockTry = time.Time{}
+	case msgOp:
+		r.onOp(m)
 	}
 }
 
@@ -400,9 +407,10 @@ func (r *runner) tryLock(ctx context.Context, now time.Time) error {
 }
 
 // Stages of a deployment's pipeline, in order. Package mode has only StageSteps; container
-// mode will run StageImage (an image for the version, from the builder) and StagePlacement
-// (allocations from the scheduler, which become the targets) before it, and
-// StageRegistration after it.
+// mode runs StageImage (an image for the version, from the builder) and StagePlacement
+// (allocations from the scheduler, which become the targets) before it (container.go).
+// The registration of the new instances is part of each target (the health gate), and
+// the retirement of old allocations part of each batch.
 const (
 	StageImage        = "image"
 	StagePlacement    = "placement"
@@ -410,11 +418,15 @@ const (
 	StageRegistration = "registration"
 )
 
-// supportedStages are the stages this controller runs.
+// supportedStages are the stages this controller runs in package mode.
 var supportedStages = map[string]bool{StageSteps: true}
 
 // start plans the run: batches, releases, deadlines.
 func (r *runner) start(ctx context.Context, now time.Time) error {
+	if r.container() {
+		r.startContainer(now)
+		return nil
+	}
 	if r.kind == model.KindDeployment {
 		for _, st := range r.dep.GetStages() {
 			if !supportedStages[st] {
@@ -508,8 +520,8 @@ func (r *runner) count(from, to int) counts {
 }
 
 func (r *runner) updateCounts() {
-	c := r.count(0, len(r.targets))
-	n := &controllerv1.TargetCounts{Total: int32(len(r.targets)), Pending: int32(c.pending), Running: int32(c.inflight),
+	c := r.count(0, r.rollN())
+	n := &controllerv1.TargetCounts{Total: int32(r.rollN()), Pending: int32(c.pending), Running: int32(c.inflight),
 		Succeeded: int32(c.succeeded), Failed: int32(c.failed + c.timedOut), Unreachable: int32(c.unreachable), Skipped: int32(c.skipped)}
 	if !proto.Equal(n, r.st.GetCounts()) {
 		r.st.Counts = n
@@ -530,10 +542,14 @@ func (r *runner) inFlight() int {
 
 // rollout moves a running or paused deployment or task on.
 func (r *runner) rollout(now time.Time) {
-	all := r.count(0, len(r.targets))
+	if r.container() && r.st.GetStage() != StageSteps {
+		r.preSteps(now)
+		return
+	}
+	all := r.count(0, r.rollN())
 	failures := all.failed + all.timedOut + all.unreachable
 	if failures > r.budget {
-		msg := fmt.Sprintf("%d of %d targets failed, more than max_failures %s allows (%d)", failures, len(r.targets), r.strat.GetMaxFailures(), r.budget)
+		msg := fmt.Sprintf("%d of %d targets failed, more than max_failures %s allows (%d)", failures, r.rollN(), r.strat.GetMaxFailures(), r.budget)
 		r.stop(now, msg, all.appFailed > 0)
 		return
 	}
@@ -583,15 +599,21 @@ func (r *runner) rollout(now time.Time) {
 		if c.pending > 0 || c.inflight > 0 {
 			return
 		}
+		if r.container() && !r.retireBatch(now, b) {
+			return
+		}
 		b.CompletedAt = ts(now)
 		r.touchHeader()
 		r.runEvent("batch_completed", r.st.GetState(), b.GetIndex(), fmt.Sprintf("batch %d of %d completed", b.GetIndex()+1, len(r.st.GetBatches())),
 			"batch_completed", fmt.Sprint(b.GetIndex()))
 		if int(r.st.GetCurrentBatch()) == len(r.st.GetBatches())-1 {
-			all := r.count(0, len(r.targets))
-			msg := fmt.Sprintf("%d of %d targets succeeded", all.succeeded, len(r.targets))
+			all := r.count(0, r.rollN())
+			msg := fmt.Sprintf("%d of %d targets succeeded", all.succeeded, r.rollN())
 			if n := all.failed + all.timedOut + all.unreachable; n > 0 {
 				msg += fmt.Sprintf("; %d did not (within max_failures %s)", n, r.strat.GetMaxFailures())
+			}
+			if r.container() {
+				msg += r.retiredSummary()
 			}
 			r.terminate(now, model.StateSucceeded, msg, "")
 			return
@@ -616,7 +638,7 @@ func (r *runner) stop(now time.Time, msg string, rollback bool) {
 		return
 	}
 	class := ""
-	if c := r.count(0, len(r.targets)); c.appFailed > 0 {
+	if c := r.count(0, r.rollN()); c.appFailed > 0 {
 		class = model.ClassApplication
 	} else if c.unreachable > 0 {
 		class = model.ClassInfrastructure
@@ -685,9 +707,9 @@ func (r *runner) rollingBack(now time.Time) {
 	}
 	running, pending, failed := 0, 0, 0
 	for i, t := range r.targets {
-		if t.GetRollback() == "" && t.GetTouched() {
+		if t.GetRollback() == "" && t.GetTouched() && !t.GetRetire() {
 			switch {
-			case t.GetState() != model.TargetSucceeded && t.GetPreviousVersion() == "":
+			case !r.container() && t.GetState() != model.TargetSucceeded && t.GetPreviousVersion() == "":
 				t.Rollback = model.TargetSkipped
 				t.RollbackMessage = "nothing to roll back: the agent removed the failed release and there is no previous version"
 			case t.GetState() == model.TargetUnreachable:
@@ -771,6 +793,10 @@ func (r *runner) finish() {
 
 // startTarget dispatches a pending target's first step.
 func (r *runner) startTarget(now time.Time, i int, batch int32) {
+	if r.container() {
+		r.startContainerTarget(now, i, batch)
+		return
+	}
 	t := r.targets[i]
 	t.Batch = batch
 	t.StartedAt = ts(now)
@@ -793,7 +819,7 @@ func (r *runner) startTarget(now time.Time, i int, batch int32) {
 // startStep makes kind the target's current step, attempt 1; the sweep sends it.
 func (r *runner) startStep(now time.Time, i int, kind string) {
 	t := r.targets[i]
-	t.Step = &controllerv1.StepRecord{Id: kind + "-" + t.GetHost(), Kind: kind, Attempt: 1}
+	t.Step = &controllerv1.StepRecord{Id: kind + "-" + model.TargetKey(t), Kind: kind, Attempt: 1}
 	t.Attempts++
 	r.vols[i] = vol{}
 	r.touch(i)
@@ -834,6 +860,10 @@ func (r *runner) endTarget(now time.Time, i int, state, class, msg string) {
 // for its rollback targets); the service lock is released after them. A new leader that
 // finds them unwritten writes them again from the same target records.
 func (r *runner) recordReleases(now time.Time) {
+	if r.container() {
+		r.cleanup(now)
+		return
+	}
 	if r.kind != model.KindDeployment || r.st.GetReleasesRecorded() || r.hardHeader || r.inFlight() > 0 {
 		if r.kind != model.KindDeployment && !r.st.GetReleasesRecorded() {
 			r.st.ReleasesRecorded = true
@@ -878,6 +908,12 @@ func (r *runner) sweep(now time.Time) {
 			t.HealthCheckAt = nil
 			if v.instanceWait {
 				r.checkInstance(now, i)
+				continue
+			}
+			if r.container() {
+				// Container mode has no health step: the instance in the name service is
+				// the health (the agent probes the container and keeps it up to date).
+				r.gateInstance(now, i, "healthy after min_healthy_time")
 				continue
 			}
 			r.startStep(now, i, KindHealth)
@@ -964,6 +1000,10 @@ func (r *runner) stepRequest(i int) *agentv1.StepRequest {
 	if health <= 0 {
 		health = strategy.DefaultHealthDeadline
 	}
+	if r.container() {
+		r.containerStep(req, t, s, health)
+		return req
+	}
 	switch s.GetKind() {
 	case KindDeploy:
 		req.Plugin, req.Action = PackageDeployPlugin, "deploy"
@@ -1000,7 +1040,7 @@ func (r *runner) stepRequest(i int) *agentv1.StepRequest {
 // current returns the target index and step a message is about, when it is about the
 // step in flight now.
 func (r *runner) current(host, stepID string, attempt uint32) (int, *controllerv1.StepRecord, bool) {
-	i, ok := r.idx[host]
+	i, ok := r.lookup(host, stepID)
 	if !ok {
 		return 0, nil, false
 	}
@@ -1273,7 +1313,7 @@ func (r *runner) targetOp(i int) coordclient.Op {
 	if r.kind == model.KindTask {
 		return coordclient.OpPut(model.StepPath(r.id, t.GetHost()), model.MustMarshal(stepFromTarget(t)))
 	}
-	return coordclient.OpPut(model.TargetPath(r.id, t.GetHost()), model.MustMarshal(t))
+	return coordclient.OpPut(model.TargetPath(r.id, model.TargetKey(t)), model.MustMarshal(t))
 }
 
 // write commits a fenced transaction, retrying while coord is unavailable; it returns

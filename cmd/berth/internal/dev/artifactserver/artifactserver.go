@@ -12,6 +12,7 @@ package artifactserver
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -22,6 +23,8 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/berthdev/berth/pkg/certs"
 )
 
 // Defaults of Config.
@@ -48,6 +51,9 @@ type Config struct {
 	Dir string
 	// HTTPAddr is the HTTP listen address (host:port, port 0 picks one); empty: no HTTP.
 	HTTPAddr string
+	// HTTPTLS, when set, serves HTTP over TLS with it (HTTPS; mutual TLS when it requires
+	// client certificates); plaintext HTTP is then refused. FTP stays plaintext.
+	HTTPTLS *tls.Config
 	// FTPAddr is the FTP control listen address; empty: no FTP. Passive data connections
 	// listen on the same IP, on a port the system picks.
 	FTPAddr string
@@ -160,7 +166,7 @@ func (s *Server) Listen() (Addrs, error) {
 		s.root = root
 	}
 	if s.cfg.HTTPAddr != "" && s.httpLis == nil {
-		l, err := net.Listen("tcp", s.cfg.HTTPAddr)
+		l, err := certs.Listen(s.cfg.HTTPAddr, s.cfg.HTTPTLS)
 		if err != nil {
 			return Addrs{}, fmt.Errorf("artifact server: listen http %s: %w", s.cfg.HTTPAddr, err)
 		}
