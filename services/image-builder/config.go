@@ -39,6 +39,12 @@ type Config struct {
 	DockerHost string `yaml:"docker_host" env:"DOCKER_HOST" flag:"docker-host" usage:"Docker engine address (empty: $DOCKER_HOST, else the default socket)"`
 	// Registry is the registry images are pushed to, host[:port].
 	Registry string `yaml:"registry" env:"REGISTRY" flag:"registry" usage:"registry to push images to (host[:port])"`
+	// RegistryEndpoint is where the builder itself reaches the registry's HTTP API,
+	// host[:port], when that differs from Registry: the engine pushes to and pulls from
+	// Registry, and in a container the builder may reach the registry only by another name
+	// (docker-compose: 127.0.0.1:<published port> for the host's engine, registry:5000 for
+	// the builder). Empty means Registry.
+	RegistryEndpoint string `yaml:"registry_endpoint" env:"REGISTRY_ENDPOINT" flag:"registry-endpoint" usage:"host[:port] at which the builder reaches the registry's API (empty: registry)"`
 	// RegistryScheme is http or https; empty means http for a loopback registry (as the
 	// engine allows) and https otherwise.
 	RegistryScheme string `yaml:"registry_scheme" env:"REGISTRY_SCHEME" flag:"registry-scheme" usage:"http or https (empty: http for loopback, else https)"`
@@ -123,6 +129,8 @@ func (c *Config) Validate() error {
 		return errors.New("name: empty")
 	case c.Registry == "" || strings.ContainsAny(c.Registry, "/ \t@"):
 		return fmt.Errorf("registry %q: want host[:port]", c.Registry)
+	case c.RegistryEndpoint != "" && (strings.ContainsAny(c.RegistryEndpoint, "/ ") || strings.Contains(c.RegistryEndpoint, "://")):
+		return fmt.Errorf("registry_endpoint %q: want host[:port]", c.RegistryEndpoint)
 	case c.RegistryScheme != "" && c.RegistryScheme != "http" && c.RegistryScheme != "https":
 		return fmt.Errorf("registry_scheme %q: want http, https or empty", c.RegistryScheme)
 	case c.RegistryPassword != "" && c.RegistryUsername == "":

@@ -187,7 +187,7 @@ func New(cfg Config, deps Deps) (*Builder, error) {
 	if b.engine, err = engine.New(cfg.DockerHost); err != nil {
 		return nil, fmt.Errorf("image builder: %w", err)
 	}
-	b.registry, err = registry.New(registry.Config{Host: cfg.Registry, Insecure: cfg.RegistryInsecure(),
+	b.registry, err = registry.New(registry.Config{Host: cfg.Registry, Endpoint: cfg.RegistryEndpoint, Insecure: cfg.RegistryInsecure(),
 		Username: cfg.RegistryUsername, Password: cfg.RegistryPassword})
 	if err != nil {
 		return nil, fmt.Errorf("image builder: %w", err)

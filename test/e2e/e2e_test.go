@@ -430,6 +430,15 @@ func containerDeploy(t *testing.T, s *stack, app []byte) {
 	if !s.has("image-builder") {
 		t.Skip("container mode needs berth-image-builder, which has no image yet (no main package)")
 	}
+	// The engine has no registry to pull a base image from: make it and push it to the
+	// stack's registry, where the builder's default base is.
+	var registry string
+	for _, kv := range s.env {
+		if v, ok := strings.CutPrefix(kv, "BERTH_REGISTRY_PORT="); ok {
+			registry = "127.0.0.1:" + v
+		}
+	}
+	s.mustBerth(3*time.Minute, "images", "base", "--registry", registry)
 	const svc = "e2e/ctr"
 	s.mustBerth(30*time.Second, "tree", "set", svc)
 	p := makePkg(t, s.pkgDir, app, svc, "1.0.0", appPort)
@@ -446,8 +455,8 @@ func containerDeploy(t *testing.T, s *stack, app []byte) {
 			return fmt.Errorf("got %v, want 2 addresses", ips)
 		}
 		for _, ip := range ips {
-			if !strings.HasPrefix(ip, "172.30.1.") && !strings.HasPrefix(ip, "172.30.2.") {
-				return fmt.Errorf("address %s is in neither pool (172.30.1.0/24, 172.30.2.0/24)", ip)
+			if !strings.HasPrefix(ip, "172.29.1.") && !strings.HasPrefix(ip, "172.29.2.") {
+				return fmt.Errorf("address %s is in neither pool (172.29.1.0/24, 172.29.2.0/24)", ip)
 			}
 		}
 		return nil

@@ -7,6 +7,7 @@
 package registry
 
 import (
+	"cmp"
 	"context"
 	"encoding/json"
 	"errors"
@@ -42,6 +43,9 @@ const DefaultTimeout = 10 * time.Second
 type Config struct {
 	// Host is the registry's host[:port].
 	Host string
+	// Endpoint, when set, is the host[:port] requests go to instead of Host (Host stays
+	// the registry's name in image references).
+	Endpoint string
 	// Insecure talks plain HTTP instead of HTTPS.
 	Insecure bool
 	// Username and Password are sent with HTTP basic authentication when Username is set.
@@ -72,7 +76,7 @@ func New(cfg Config) (*Client, error) {
 	}
 	tr := http.DefaultTransport.(*http.Transport).Clone()
 	tr.MaxIdleConnsPerHost = 32
-	return &Client{cfg: cfg, base: scheme + "://" + cfg.Host, http: &http.Client{Transport: tr, Timeout: cfg.Timeout}}, nil
+	return &Client{cfg: cfg, base: scheme + "://" + cmp.Or(cfg.Endpoint, cfg.Host), http: &http.Client{Transport: tr, Timeout: cfg.Timeout}}, nil
 }
 
 // Host is the registry's host[:port].

@@ -116,6 +116,16 @@ func TestRealRegistry(t *testing.T) {
 		t.Errorf("Labels of a missing tag: got %v, %v; want not found", ok, err)
 	}
 
+	// With an endpoint, requests go there while Host stays the name in references.
+	ep, err := registry.New(registry.Config{Host: "registry.invalid:5000", Endpoint: reg.Addr, Insecure: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ep.Close()
+	if d, ok, err := ep.Digest(ctx, "hotel/search", "1.0"); err != nil || !ok || d != want || ep.Host() != "registry.invalid:5000" {
+		t.Errorf("Digest through the endpoint: got %q, %v, %v (host %s); want %q", d, ok, err, ep.Host(), want)
+	}
+
 	reg.Stop()
 	if _, _, err := c.Digest(ctx, "hotel/search", "1.0"); !errors.Is(err, registry.ErrUnavailable) {
 		t.Errorf("Digest with the registry down: got %v, want ErrUnavailable", err)
