@@ -127,6 +127,17 @@ func (s *stack) down() {
 		s.t.Logf("BERTH_E2E_KEEP set: project %s left running (docker-compose -p %s down -v)", s.project, s.project)
 		return
 	}
+	// The app containers of container-mode deploys were started by the agents through the
+	// host's engine, so they are not the project's: they go first, or the apps network
+	// cannot be removed.
+	apps := s.project + "-apps"
+	if ids, err := exec.Command("docker", "ps", "-aq", "--filter", "network="+apps, "--filter", "label=dev.berth.managed=true").Output(); err == nil {
+		if f := strings.Fields(string(ids)); len(f) > 0 {
+			if out, err := exec.Command("docker", append([]string{"rm", "-f"}, f...)...).CombinedOutput(); err != nil {
+				s.t.Errorf("remove the app containers on %s: %v\n%s", apps, err, out)
+			}
+		}
+	}
 	if out, err := s.composeErr(3*time.Minute, "down", "-v", "--remove-orphans", "--timeout", "5"); err != nil {
 		s.t.Errorf("docker-compose down: %v\n%s", err, out)
 	}
