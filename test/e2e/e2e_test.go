@@ -420,7 +420,7 @@ func controllerLeader(t *testing.T, s *stack) string {
 	return leader
 }
 
-// containerDeploy deploys the package as two containers when the controller, the CLI and
+// containerDeploy deploys the package as two containers, one per rack (so one on each agent), when the controller, the CLI and
 // the image builder support it.
 func containerDeploy(t *testing.T, s *stack, app []byte) {
 	help, _ := s.berth(20*time.Second, "deploy", "--help")
@@ -443,7 +443,7 @@ func containerDeploy(t *testing.T, s *stack, app []byte) {
 	s.mustBerth(30*time.Second, "tree", "set", svc)
 	p := makePkg(t, s.pkgDir, app, svc, "1.0.0", appPort)
 	out := s.mustBerth(5*time.Minute, "deploy", svc, "--version", p.version, "--mode", "container", "--replicas", "2",
-		"--cpu", "0.1", "--memory", "64Mi", "--package", p.url(), "--sha256", p.sha256, "--wait")
+		"--cpu", "0.1", "--memory", "64Mi", "--spread", "rack", "--package", p.url(), "--sha256", p.sha256, "--wait")
 	t.Logf("berth deploy --mode container:\n%s", out)
 	var ips []string
 	eventually(t, 30*time.Second, "berth resolve e2e/ctr lists 2 containers from the hosts' pools", func() error {
