@@ -123,6 +123,7 @@ func (s *stack) down() {
 		out, _ := s.composeErr(time.Minute, "logs", "--no-color", "--tail", "60")
 		s.t.Logf("docker-compose logs (last 60 lines per service):\n%s", out)
 	}
+	http.DefaultClient.CloseIdleConnections() // the stack may outlive the test (BERTH_E2E_KEEP)
 	if os.Getenv("BERTH_E2E_KEEP") != "" {
 		s.t.Logf("BERTH_E2E_KEEP set: project %s left running (docker-compose -p %s down -v)", s.project, s.project)
 		return
