@@ -195,7 +195,7 @@ func TestContainerMode(t *testing.T) {
 		t.Fatalf("rollback: %d %s", code, b)
 	}
 	d2 = e.wait(id2, 2*time.Minute, ended("rolled_back"))
-	var now []*controllerv1.Target
+	rolledBack := 0
 	for _, tg := range d2.GetTargets() {
 		if tg.GetRetire() {
 			continue
@@ -204,7 +204,7 @@ func TestContainerMode(t *testing.T) {
 			if tg.GetRollback() != "succeeded" {
 				t.Errorf("target %s: rollback %q, want succeeded", tg.GetAllocation(), tg.GetRollback())
 			}
-			now = append(now, tg)
+			rolledBack++
 		} else if !tg.GetReleased() {
 			t.Errorf("target %s %s was never deployed, but its allocation was not released", tg.GetAllocation(), tg.GetState())
 		}
@@ -213,6 +213,9 @@ func TestContainerMode(t *testing.T) {
 		if a.GetVersion() != "1.0" {
 			t.Errorf("after the rollback, allocation %s (deployment %s) is for version %s, want 1.0", a.GetId(), a.GetDeploymentId(), a.GetVersion())
 		}
+	}
+	if rolledBack == 0 {
+		t.Errorf("no target of v2 was deployed and rolled back, want the first batch's")
 	}
 	if n := len(e.allocations(svc)); n != 3 {
 		t.Errorf("after the rollback: %d allocations of %s, want 3", n, svc)
