@@ -279,7 +279,7 @@
 
   function counts(d) {
     var c = (d.status && d.status.counts) || {};
-    var total = c.total || (d.hosts ? d.hosts.length : 0) || 0;
+    var total = c.total || (d.hosts ? d.hosts.length : 0) || (d.allocations ? d.allocations.length : 0) || 0;
     return { total: total, s: c.succeeded || 0, r: c.running || 0, f: (c.failed || 0) + (c.unreachable || 0), k: c.skipped || 0 };
   }
   function progressBar(c) {
@@ -387,7 +387,7 @@
 
     function setDeployment(d) {
       dep = d; byHost = {};
-      (d.targets || []).forEach(function (t) { byHost[t.host] = t; });
+      (d.targets || []).forEach(function (t) { byHost[tkey(t)] = t; });
       render();
     }
     // Events come in bursts (a batch starting touches every target): draw once per burst.
@@ -403,7 +403,7 @@
       title.appendChild(h("span", { class: "mono" }, d.version));
       title.appendChild(h("span", { class: "sub mono" }, d.id));
       updateButtons();
-      var targets = (d.hosts || []).map(function (host) { return byHost[host] || { host: host, state: "pending" }; });
+      var targets = planned(d).map(function (p) { return byHost[tkey(p)] || p; });
       var c = { total: targets.length, s: 0, r: 0, f: 0, k: 0 };
       targets.forEach(function (t) {
         if (t.state === "succeeded") c.s++;
@@ -428,6 +428,9 @@
           st.progress_deadline_at ? ["Progress deadline", fmtTime(st.progress_deadline_at) + " (" + ago(st.progress_deadline_at) + ")"] : null,
           st.failure_class ? ["Failure class", st.failure_class] : null,
           ["Artifact", h("span", { class: "mono small" }, d.artifact ? d.artifact.url : "")],
+          d.placement ? ["Placement", h("span", { class: "mono small" }, (d.placement.replicas || 0) + " replicas, " + (d.placement.cpu_millis || 0) + " millicpu, " +
+            bytes(d.placement.memory_bytes) + (d.placement.spread ? ", spread by " + d.placement.spread : "") + (d.placement.constraints ? ", " + d.placement.constraints : ""))] : null,
+          d.image && d.image.reference ? ["Image", h("span", { class: "mono small", title: d.image.digest || "" }, d.image.reference + (d.image.cached ? " (cached)" : " (built)"))] : null,
           ["sha256", h("span", { class: "mono small", title: d.artifact ? d.artifact.sha256 : "" }, short(d.artifact && d.artifact.sha256, 16))],
           ["Leader token", st.leader_token], ["Revision", d.revision, "dep-revision"]
         ]));
@@ -444,7 +447,7 @@
       var batches = (st.batches || []).map(function (b, i) {
         var state = b.completed_at ? "completed" : b.started_at ? (st.state === "paused" ? "paused" : "running") : "pending";
         if (!b.completed_at && TERMINAL[st.state]) state = b.started_at ? "stopped" : "skipped";
-        var hosts = (d.hosts || []).slice(b.start || 0, b.end || 0);
+        var hosts = planned(d).slice(b.start || 0, b.end || 0).map(tlabel);
         return [i + 1, ((b.start || 0) + 1) + "–" + (b.end || 0),
           { v: hosts.join(", "), cls: "mono small" },
           { v: badge(state === "completed" ? "succeeded" : state === "stopped" ? "aborted" : state), cls: "state" },
@@ -454,8 +457,8 @@
         var step = t.step || {};
         var out = t.output || [];
         return [
-          { v: t.host, cls: "mono" },
-          t.batch !== undefined && t.state !== "pending" ? (t.batch || 0) + 1 : (batchOf(d, t.host) || ""),
+          { v: tlabel(t) + (t.retire ? " (retired)" : ""), cls: "mono" },
+          t.batch !== undefined && t.state !== "pending" ? (t.batch || 0) + 1 : (batchOf(d, tkey(t)) || ""),
           { v: [badge(t.state), t.rollback ? h("div", { class: "small" }, "rollback: ", badge(t.rollback)) : null], cls: "state" },
           { v: t.attempts || 0, cls: "num attempts" },
           { v: step.id ? h("span", { class: "mono small" }, step.id + " #" + (step.attempt || 1) + (step.retries ? " (" + step.retries + " retries)" : "") +
@@ -465,8 +468,8 @@
           t.ended_at || TERMINAL[st.state] ? span(t.started_at, t.ended_at) : took(t.started_at, t.ended_at),
           { v: [t.failure_class ? h("span", { class: "badge bad" }, t.failure_class) : null, " ", t.message || "",
               t.rollback_message ? h("div", { class: "small muted" }, t.rollback_message) : null,
-              out.length ? h("details", { open: openOut[t.host] !== undefined ? openOut[t.host] : t.state === "failed", "data-host": t.host,
-                ontoggle: function (e) { openOut[t.host] = e.target.open; } }, h("summary", null, "last " + out.length + " output line" + (out.length > 1 ? "s" : "")),
+              out.length ? h("details", { open: openOut[tkey(t)] !== undefined ? openOut[tkey(t)] : t.state === "failed", "data-host": t.host,
+                ontoggle: function (e) { openOut[tkey(t)] = e.target.open; } }, h("summary", null, "last " + out.length + " output line" + (out.length > 1 ? "s" : "")),
                 h("pre", { class: "out" }, out.join("\n"))) : null], cls: "message" }
         ];
       });
@@ -479,8 +482,21 @@
         rows, function (i) { return { "data-host": targets[i].host, "data-state": targets[i].state }; }, "No targets."));
       body.appendChild(strategy);
     }
-    function batchOf(d, host) {
-      var i = (d.hosts || []).indexOf(host), bs = (d.status && d.status.batches) || [];
+    // A target's key is its allocation in container mode (a host may hold several), else
+    // its host; planned lists a deployment's targets in rollout order as pending records.
+    function tkey(t) { return t.allocation || t.host; }
+    function tlabel(t) { return t.allocation ? t.host + " " + (t.ip || "") + " (" + short(t.allocation, 8) + ")" : t.host; }
+    function planned(d) {
+      if (d.mode === "container") {
+        var p = [];
+        (d.allocations || []).forEach(function (a) { p.push({ host: a.host, allocation: a.id, ip: a.ip, state: "pending" }); });
+        (d.retire || []).forEach(function (a) { p.push({ host: a.host, allocation: a.id, ip: a.ip, state: "pending", retire: true }); });
+        return p;
+      }
+      return (d.hosts || []).map(function (host) { return { host: host, state: "pending" }; });
+    }
+    function batchOf(d, key) {
+      var i = planned(d).map(tkey).indexOf(key), bs = (d.status && d.status.batches) || [];
       for (var j = 0; j < bs.length; j++) if (i >= (bs[j].start || 0) && i < (bs[j].end || 0)) return j + 1;
       return 0;
     }
@@ -489,7 +505,7 @@
       if (ev === "snapshot") setDeployment(data);
       else if (ev === "deployment" && dep) {
         var targetsKept = dep.targets; dep = data; dep.targets = targetsKept; scheduleRender();
-      } else if (ev === "target" && dep) { byHost[data.host] = data; scheduleRender(); }
+      } else if (ev === "target" && dep) { byHost[tkey(data)] = data; scheduleRender(); }
       else if (ev === "removed") { showError(actionMsg, "deployment " + id + " was deleted"); }
     }, function (on, err) {
       live = on;
