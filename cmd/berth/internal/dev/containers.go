@@ -117,7 +117,7 @@ func startContainers(ctx context.Context, e *env, g *run.Group) error {
 		}
 	}
 	rctx, cancel := context.WithTimeout(ctx, 30*time.Second)
-	removed, err := dockernet.RemoveOrphans(rctx, host, e.hostID, keep)
+	removed, err := dockernet.RemoveOrphans(rctx, host, network, e.hostID, keep)
 	cancel()
 	if err != nil {
 		return off(err.Error())
@@ -166,7 +166,7 @@ func startContainers(ctx context.Context, e *env, g *run.Group) error {
 			<-ctx.Done()
 			rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 30*time.Second)
 			defer cancel()
-			removed, err := dockernet.RemoveOrphans(rctx, host, e.hostID, nil)
+			removed, err := dockernet.RemoveOrphans(rctx, host, network, e.hostID, nil)
 			if err != nil {
 				return err
 			}
@@ -188,7 +188,16 @@ func startRegistry(ctx context.Context, e *env, g *run.Group) (string, error) {
 	if _, err := os.Stat(bin); err != nil {
 		return "", fmt.Errorf("no registry: %s is missing (apt-get install docker-registry, or pass --registry host:port)", bin)
 	}
-	addr := net.JoinHostPort(e.cfg.Host, strconv.Itoa(e.cfg.RegistryPort))
+	port := e.cfg.RegistryPort
+	if port == 0 { // a free port, as for the other listeners; the registry binds it itself
+		l, err := net.Listen("tcp", net.JoinHostPort(e.cfg.Host, "0"))
+		if err != nil {
+			return "", fmt.Errorf("registry port: %w", err)
+		}
+		port = l.Addr().(*net.TCPAddr).Port
+		l.Close()
+	}
+	addr := net.JoinHostPort(e.cfg.Host, strconv.Itoa(port))
 	dir := filepath.Join(e.cfg.DataDir, "registry")
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return "", fmt.Errorf("registry directory: %w", err)

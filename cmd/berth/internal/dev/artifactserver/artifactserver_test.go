@@ -462,3 +462,61 @@ func TestConfigAndNames(t *testing.T) {
 		}
 	}
 }
+
+// TestMultipartAllOrNothing checks that a refused multipart form stores none of its
+// files, whatever part is refused: a bad name, a conflict with a stored file, or one name
+// twice with different content.
+func TestMultipartAllOrNothing(t *testing.T) {
+	dir := t.TempDir()
+	_, addrs, _ := start(t, dir, nil)
+	base := "http://" + addrs.HTTP.String()
+	if code, body := do(t, http.MethodPut, base+"/kept.tar.gz", strings.NewReader("kept"), ""); code != http.StatusCreated {
+		t.Fatalf("PUT kept.tar.gz: got %d %s", code, body)
+	}
+	form := func(files ...[2]string) (*bytes.Buffer, string) {
+		var b bytes.Buffer
+		mw := multipart.NewWriter(&b)
+		for _, f := range files {
+			fw, err := mw.CreateFormFile("file", f[0])
+			if err != nil {
+				t.Fatal(err)
+			}
+			fw.Write([]byte(f[1]))
+		}
+		mw.Close()
+		return &b, mw.FormDataContentType()
+	}
+	for _, tc := range []struct {
+		name  string
+		files [][2]string
+		want  int
+	}{
+		{"bad name", [][2]string{{"first.tar.gz", "1"}, {"a;b", "2"}}, http.StatusBadRequest},
+		{"conflict", [][2]string{{"first.tar.gz", "1"}, {"kept.tar.gz", "other"}}, http.StatusConflict},
+		{"twice", [][2]string{{"first.tar.gz", "1"}, {"second.tar.gz", "2"}, {"second.tar.gz", "3"}}, http.StatusConflict},
+	} {
+		body, ct := form(tc.files...)
+		if code, out := do(t, http.MethodPost, base+"/", body, ct); code != tc.want {
+			t.Errorf("%s: got %d %s, want %d", tc.name, code, out, tc.want)
+		}
+		entries, err := os.ReadDir(dir)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(entries) != 1 || entries[0].Name() != "kept.tar.gz" {
+			var names []string
+			for _, e := range entries {
+				names = append(names, e.Name())
+			}
+			t.Errorf("%s: the directory holds %v after the refused form, want only kept.tar.gz", tc.name, names)
+		}
+	}
+	// The same form without the refused part is stored whole.
+	body, ct := form([2]string{"first.tar.gz", "1"}, [2]string{"kept.tar.gz", "kept"})
+	if code, out := do(t, http.MethodPost, base+"/", body, ct); code != http.StatusCreated || !strings.Contains(string(out), `"existed":true`) {
+		t.Fatalf("good form: got %d %s, want 201 with kept.tar.gz existed", code, out)
+	}
+	if got, err := os.ReadFile(filepath.Join(dir, "first.tar.gz")); err != nil || string(got) != "1" {
+		t.Fatalf("first.tar.gz after the good form: %q, %v", got, err)
+	}
+}

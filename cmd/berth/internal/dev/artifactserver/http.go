@@ -225,7 +225,15 @@ func (s *Server) httpMultipart(w http.ResponseWriter, r *http.Request, raw strin
 		writeHTTPError(w, http.StatusBadRequest, fmt.Sprintf("multipart form: %v", err))
 		return
 	}
-	var stored []Uploaded
+	// Every file is staged first and stored only once the whole form was read and
+	// checked, so that a refused form (a bad name, a conflict, a broken body) stores none of
+	// its files.
+	var staged []*stagedUpload
+	defer func() {
+		for _, st := range staged {
+			s.discard(st)
+		}
+	}()
 	for {
 		p, err := mr.NextPart()
 		if errors.Is(err, io.EOF) {
@@ -250,19 +258,27 @@ func (s *Server) httpMultipart(w http.ResponseWriter, r *http.Request, raw strin
 			writeHTTPError(w, http.StatusBadRequest, err.Error())
 			return
 		}
-		up, err := s.store(name, p)
+		st, err := s.stage(name, p)
 		p.Close()
 		if err != nil {
-			s.answerUpload(w, r, up, err)
+			s.answerUpload(w, r, st.up, err)
 			return
 		}
-		s.m.requests.WithLabelValues("http", "put", "ok").Inc()
-		stored = append(stored, s.withURLs(r, up))
+		staged = append(staged, st)
 	}
-	if len(stored) == 0 {
+	if len(staged) == 0 {
 		s.m.requests.WithLabelValues("http", "put", "bad_request").Inc()
 		writeHTTPError(w, http.StatusBadRequest, "multipart form has no file (curl -F file=@app-1.0.tar.gz http://host:port/)")
 		return
+	}
+	if err := s.commit(staged...); err != nil {
+		s.answerUpload(w, r, Uploaded{}, err)
+		return
+	}
+	stored := make([]Uploaded, 0, len(staged))
+	for _, st := range staged {
+		s.m.requests.WithLabelValues("http", "put", "ok").Inc()
+		stored = append(stored, s.withURLs(r, st.up))
 	}
 	w.Header().Set("Content-Type", "application/json")
 	w.WriteHeader(http.StatusCreated)
@@ -308,15 +324,34 @@ func (s *Server) withURLs(r *http.Request, up Uploaded) Uploaded {
 	return up
 }
 
+// stagedUpload is an upload written to its hidden temporary file and not yet stored.
+type stagedUpload struct {
+	up  Uploaded
+	tmp string // "" once renamed into place or removed
+}
+
 // store writes body under name: to a hidden temporary file in the same directory, checked
 // against MaxUpload, synced, then renamed into place. A name that exists keeps its bytes:
 // the same bytes again is success (Existed), other bytes are a conflict.
 func (s *Server) store(name string, body io.Reader) (Uploaded, error) {
-	up := Uploaded{Name: name}
+	st, err := s.stage(name, body)
+	if err != nil {
+		return st.up, err
+	}
+	defer s.discard(st)
+	err = s.commit(st)
+	return st.up, err
+}
+
+// stage writes body to a hidden temporary file next to name and returns it with its size
+// and digest; on error nothing is left but the directories of name. The caller commits or
+// discards it.
+func (s *Server) stage(name string, body io.Reader) (*stagedUpload, error) {
+	st := &stagedUpload{up: Uploaded{Name: name}}
 	dir := path.Dir(name)
 	if dir != "." {
 		if err := s.root.MkdirAll(dir, 0o755); err != nil {
-			return up, &errUpload{http.StatusConflict, "conflict", fmt.Sprintf("%s: cannot create directory %s: %v", name, dir, err)}
+			return st, &errUpload{http.StatusConflict, "conflict", fmt.Sprintf("%s: cannot create directory %s: %v", name, dir, err)}
 		}
 	}
 	var rnd [8]byte
@@ -324,14 +359,8 @@ func (s *Server) store(name string, body io.Reader) (Uploaded, error) {
 	tmp := path.Join(dir, ".upload-"+hex.EncodeToString(rnd[:]))
 	f, err := s.root.OpenFile(tmp, os.O_CREATE|os.O_EXCL|os.O_WRONLY, 0o644)
 	if err != nil {
-		return up, fmt.Errorf("store %s: %w", name, err)
+		return st, fmt.Errorf("store %s: %w", name, err)
 	}
-	committed := false
-	defer func() {
-		if !committed {
-			_ = s.root.Remove(tmp)
-		}
-	}()
 	h := sha256.New()
 	n, err := io.Copy(io.MultiWriter(f, h), io.LimitReader(body, s.cfg.MaxUpload+1))
 	s.m.received.Add(float64(n))
@@ -345,35 +374,70 @@ func (s *Server) store(name string, body io.Reader) (Uploaded, error) {
 		err = cerr
 	}
 	if err != nil {
+		_ = s.root.Remove(tmp)
 		var ue *errUpload
 		if errors.As(err, &ue) {
-			return up, err
+			return st, err
 		}
-		return up, fmt.Errorf("store %s: %w", name, err)
+		return st, fmt.Errorf("store %s: %w", name, err)
 	}
-	up.Size, up.SHA256 = n, hex.EncodeToString(h.Sum(nil))
+	st.tmp = tmp
+	st.up.Size, st.up.SHA256 = n, hex.EncodeToString(h.Sum(nil))
+	return st, nil
+}
 
+// discard removes a staged upload's temporary file if it is still there.
+func (s *Server) discard(st *stagedUpload) {
+	if st.tmp != "" {
+		_ = s.root.Remove(st.tmp)
+		st.tmp = ""
+	}
+}
+
+// commit stores staged uploads under their names, all or none: every name is checked
+// first (an existing name must hold the same bytes, and one request may not give one name
+// two contents), then the new ones are renamed into place (only an I/O error while
+// renaming can leave the ones renamed before it).
+func (s *Server) commit(staged ...*stagedUpload) error {
 	s.uploadMu.Lock()
 	defer s.uploadMu.Unlock()
-	if fi, err := s.root.Lstat(name); err == nil {
+	seen := map[string]string{}
+	for _, st := range staged {
+		name := st.up.Name
+		if sum, ok := seen[name]; ok {
+			if sum != st.up.SHA256 {
+				return &errUpload{http.StatusConflict, "conflict", fmt.Sprintf("%s is in the form twice with different content", name)}
+			}
+			st.up.Existed = true
+			continue
+		}
+		seen[name] = st.up.SHA256
+		fi, err := s.root.Lstat(name)
+		if err != nil {
+			continue
+		}
 		if !fi.Mode().IsRegular() {
-			return up, &errUpload{http.StatusConflict, "conflict", fmt.Sprintf("%s exists and is not a file", name)}
+			return &errUpload{http.StatusConflict, "conflict", fmt.Sprintf("%s exists and is not a file", name)}
 		}
 		sum, err := s.digest(name)
 		if err != nil {
-			return up, fmt.Errorf("store %s: %w", name, err)
+			return fmt.Errorf("store %s: %w", name, err)
 		}
-		if sum != up.SHA256 {
-			return up, &errUpload{http.StatusConflict, "conflict", fmt.Sprintf("%s exists with other content (sha256 %s): artifacts are immutable, upload under another name", name, sum)}
+		if sum != st.up.SHA256 {
+			return &errUpload{http.StatusConflict, "conflict", fmt.Sprintf("%s exists with other content (sha256 %s): artifacts are immutable, upload under another name", name, sum)}
 		}
-		up.Existed = true
-		return up, nil
+		st.up.Existed = true
 	}
-	if err := s.root.Rename(tmp, name); err != nil {
-		return up, fmt.Errorf("store %s: %w", name, err)
+	for _, st := range staged {
+		if st.up.Existed {
+			continue
+		}
+		if err := s.root.Rename(st.tmp, st.up.Name); err != nil {
+			return fmt.Errorf("store %s: %w", st.up.Name, err)
+		}
+		st.tmp = ""
 	}
-	committed = true
-	return up, nil
+	return nil
 }
 
 // digest is the sha256 of a stored file.

@@ -69,11 +69,12 @@ const (
 	labelAllocation = "dev.berth.allocation"
 )
 
-// RemoveOrphans removes the containers the agent of hostID runs (by their labels) whose
-// allocation is not in keep, and returns their names. berth dev calls it before its agent
-// starts, so that containers left by an earlier run whose data is gone (an --ephemeral
-// run, a removed data directory) do not hold addresses the scheduler hands out again.
-func RemoveOrphans(ctx context.Context, host, hostID string, keep map[string]bool) ([]string, error) {
+// RemoveOrphans removes the containers on network that the agent of hostID runs (by their
+// labels) whose allocation is not in keep, and returns their names. berth dev calls it
+// before its agent starts, so that containers left by an earlier run whose data is gone
+// (an --ephemeral run, a removed data directory) do not hold addresses the scheduler hands
+// out again. Containers on other networks (another berth dev's) are left alone.
+func RemoveOrphans(ctx context.Context, host, network, hostID string, keep map[string]bool) ([]string, error) {
 	var opts []client.Opt
 	if host != "" {
 		opts = append(opts, client.WithHost(host))
@@ -86,7 +87,7 @@ func RemoveOrphans(ctx context.Context, host, hostID string, keep map[string]boo
 	}
 	defer c.Close()
 	res, err := c.ContainerList(ctx, client.ContainerListOptions{All: true,
-		Filters: make(client.Filters).Add("label", labelManaged+"=true", labelHost+"="+hostID)})
+		Filters: make(client.Filters).Add("label", labelManaged+"=true", labelHost+"="+hostID).Add("network", network)})
 	if err != nil {
 		return nil, fmt.Errorf("list containers of %s: %w", hostID, err)
 	}
