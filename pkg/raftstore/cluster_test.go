@@ -643,6 +643,11 @@ func TestSingleMemberRestartKeepsState(t *testing.T) {
 		c.put(1, fmt.Sprintf("k%d", i), "v")
 	}
 	want := c.member(1).sm.hash()
+	// Snapshots are taken in the background: stop only once one is on disk.
+	waitFor(t, 10*time.Second, "a snapshot", func() (bool, string) {
+		st := c.member(1).node.Status()
+		return st.SnapshotIndex >= 20, fmt.Sprintf("snapshot index %d", st.SnapshotIndex)
+	})
 	if err := c.stop(1); err != nil {
 		t.Fatal(err)
 	}
