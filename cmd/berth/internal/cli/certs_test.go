@@ -205,4 +205,16 @@ func TestCoordRefusesPlaintextUnderTLS(t *testing.T) {
 	if _, err := wrongTrust.Get(t.Context(), "/berth/config/tls"); err == nil {
 		t.Fatal("a client trusting another CA accepted the server")
 	}
+
+	// The CLI's coord commands take their TLS files from the context or the environment.
+	if out, err := runBerth(t.Context(), t, "coord", "get", "/berth/config/tls", "--endpoints", addr, "--timeout", "2s"); err == nil {
+		t.Fatalf("berth coord get without TLS files read a TLS-only coord: %s", out)
+	}
+	t.Setenv(envCAFile, filepath.Join(dir, "ca.crt"))
+	t.Setenv(envCertFile, filepath.Join(dir, "berth.crt"))
+	t.Setenv(envKeyFile, filepath.Join(dir, "berth.key"))
+	out, err := runBerth(t.Context(), t, "coord", "get", "/berth/config/tls", "--endpoints", addr, "--timeout", "5s")
+	if err != nil || !strings.Contains(out, "on") {
+		t.Fatalf("berth coord get with the CLI's TLS files: got %q, %v; want the value on", out, err)
+	}
 }

@@ -108,8 +108,12 @@ func (o *coordOptions) client(cmd *cobra.Command) (*coordclient.Client, []string
 	if err != nil {
 		return nil, nil, err
 	}
+	tlsCfg, err := cliTLS(cmd.Context())
+	if err != nil {
+		return nil, nil, err
+	}
 	cl, err := coordclient.New(cmd.Context(), coordclient.Config{
-		Endpoints: eps, DialTimeout: o.timeout, RequestTimeout: o.timeout,
+		Endpoints: eps, DialTimeout: o.timeout, RequestTimeout: o.timeout, TLS: tlsCfg,
 	})
 	if err != nil {
 		return nil, nil, fmt.Errorf("--endpoints %q: %w", strings.Join(eps, ","), errors.Unwrap(err))

@@ -93,7 +93,11 @@ func (o *hostsOptions) run(cmd *cobra.Command, fn func(ctx context.Context, cl *
 	if o.timeout <= 0 {
 		return fmt.Errorf("--timeout %s: want a positive duration", o.timeout)
 	}
-	cl, err := coordclient.New(cmd.Context(), coordclient.Config{Endpoints: eps, DialTimeout: o.timeout, RequestTimeout: o.timeout})
+	tlsCfg, err := cliTLS(cmd.Context())
+	if err != nil {
+		return err
+	}
+	cl, err := coordclient.New(cmd.Context(), coordclient.Config{Endpoints: eps, DialTimeout: o.timeout, RequestTimeout: o.timeout, TLS: tlsCfg})
 	if err != nil {
 		return fmt.Errorf("--coord %q: %w", raw, err)
 	}

@@ -203,7 +203,13 @@ func statusFromCoord(ctx context.Context, timeout time.Duration, rep *statusRepo
 		}
 		return fmt.Sprintf("coord at %s: %v", at, err)
 	}
-	cl, err := coordclient.New(ctx, coordclient.Config{Endpoints: eps, DialTimeout: timeout, RequestTimeout: timeout})
+	tlsCfg, err := cliTLS(ctx)
+	if err != nil {
+		rep.Coord.Error = err.Error()
+		rep.Hosts.Error = rep.Coord.Error
+		return
+	}
+	cl, err := coordclient.New(ctx, coordclient.Config{Endpoints: eps, DialTimeout: timeout, RequestTimeout: timeout, TLS: tlsCfg})
 	if err != nil {
 		rep.Coord.Error = explain(err)
 		rep.Hosts.Error = rep.Coord.Error
