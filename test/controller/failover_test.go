@@ -14,6 +14,7 @@ import (
 	"github.com/nats-io/nats.go"
 	"google.golang.org/protobuf/proto"
 
+	"github.com/berthdev/berth/pkg/coordclient"
 	agentv1 "github.com/berthdev/berth/proto/agent/v1"
 	controllerv1 "github.com/berthdev/berth/proto/controller/v1"
 )
@@ -95,10 +96,19 @@ func failoverRun(t testing.TB, n, kills int, every time.Duration) []time.Duratio
 	var resume []time.Duration
 	for k := range kills {
 		time.Sleep(every)
-		lead = e.leader(10 * time.Second)
-		li, err := e.cc.Leader(t.Context(), "controller")
-		if err != nil {
-			t.Fatal(err)
+		// The election node and the replicas' own view agree once a campaign settled (on a
+		// loaded machine a session may lapse in between): read both until they do.
+		var li *coordclient.LeaderInfo
+		for deadline := time.Now().Add(15 * time.Second); ; {
+			lead = e.leader(10 * time.Second)
+			var err error
+			if li, err = e.cc.Leader(t.Context(), "controller"); err == nil && string(li.Value) == lead.name {
+				break
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("leader controller: replicas say %s, the election says %v (%v)", lead.name, li, err)
+			}
+			time.Sleep(50 * time.Millisecond)
 		}
 		killed := time.Now()
 		e.crashController(lead)
