@@ -29,6 +29,7 @@ import (
 	mrand "math/rand/v2"
 	"net"
 	"strconv"
+	"strings"
 	"sync"
 	"time"
 
@@ -113,6 +114,9 @@ func validateEndpoint(ep string) error {
 	}
 	if host == "" {
 		return fmt.Errorf("%w: endpoint %q: empty host", ErrInvalidArgument, ep)
+	}
+	if net.ParseIP(host) == nil && strings.Trim(host, "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789.-_") != "" {
+		return fmt.Errorf("%w: endpoint %q: host %q is neither an IP address nor a host name", ErrInvalidArgument, ep, host)
 	}
 	if n, err := strconv.ParseUint(port, 10, 16); err != nil || n == 0 {
 		return fmt.Errorf("%w: endpoint %q: port %q is not a number from 1 to 65535", ErrInvalidArgument, ep, port)

@@ -64,6 +64,9 @@ func ValidatePolicy(p *namesv1.TrafficPolicy, knownDC func(string) bool) error {
 		if v == "" {
 			return fieldErr(f, "empty version")
 		}
+		if err := checkVersion(v); err != nil {
+			return fieldErr(fmt.Sprintf("version_weights[%.40q]", v), "%v", err)
+		}
 		if w > MaxWeight {
 			return fieldErr(f, "weight %d is more than %d", w, MaxWeight)
 		}
@@ -188,4 +191,24 @@ func sortedKeys[V any](m map[string]V) []string {
 	}
 	slices.Sort(keys)
 	return keys
+}
+
+// maxVersionLen bounds a version, as the controller and the agent do.
+const maxVersionLen = 128
+
+// checkVersion checks a version the way the controller and the agent take one: letters,
+// digits, '.', '_', '+' and '-', starting with a letter or digit, at most 128 bytes. A
+// weight for anything else could never match an instance.
+func checkVersion(v string) error {
+	if len(v) > maxVersionLen {
+		return fmt.Errorf("version of %d bytes, at most %d", len(v), maxVersionLen)
+	}
+	for i := 0; i < len(v); i++ {
+		c := v[i]
+		alnum := c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9'
+		if !alnum && (i == 0 || c != '.' && c != '_' && c != '+' && c != '-') {
+			return fmt.Errorf("version %q: character %q: want letters, digits, '.', '_', '+' and '-', starting with a letter or digit", v, c)
+		}
+	}
+	return nil
 }

@@ -164,7 +164,9 @@ type Member struct {
 }
 
 // ParseInitialCluster parses "n1=host:port,n2=host:port"; names and addresses must be
-// unique.
+// unique. A name is letters, digits, '.', '_' and '-'; a host is an IP address or a DNS
+// name, and the port a number from 1 to 65535 (a member add with any other address would
+// be accepted by Raft and cost the cluster its quorum).
 func ParseInitialCluster(s string) ([]Member, error) {
 	if strings.TrimSpace(s) == "" {
 		return nil, errors.New("initial cluster is empty")
@@ -177,8 +179,18 @@ func ParseInitialCluster(s string) ([]Member, error) {
 		if !ok || name == "" || addr == "" {
 			return nil, fmt.Errorf("initial cluster entry %q: want name=host:port", part)
 		}
-		if _, port, err := net.SplitHostPort(addr); err != nil || port == "" {
+		if !validMemberName(name) {
+			return nil, fmt.Errorf("initial cluster entry %q: name %q: want 1 to 63 letters, digits, '.', '_' and '-', starting with a letter or digit", part, name)
+		}
+		host, port, err := net.SplitHostPort(addr)
+		if err != nil || port == "" {
 			return nil, fmt.Errorf("initial cluster entry %q: address %q is not host:port", part, addr)
+		}
+		if n, err := strconv.ParseUint(port, 10, 16); err != nil || n == 0 {
+			return nil, fmt.Errorf("initial cluster entry %q: port %q is not a number from 1 to 65535", part, port)
+		}
+		if net.ParseIP(host) == nil && !validHostName(host) {
+			return nil, fmt.Errorf("initial cluster entry %q: host %q is neither an IP address nor a DNS name", part, host)
 		}
 		if names[name] {
 			return nil, fmt.Errorf("initial cluster: name %q appears twice", name)
@@ -190,6 +202,40 @@ func ParseInitialCluster(s string) ([]Member, error) {
 		out = append(out, Member{Name: name, PeerAddr: addr})
 	}
 	return out, nil
+}
+
+// validMemberName reports whether name is 1 to 63 letters, digits, '.', '_' and '-',
+// starting with a letter or digit.
+func validMemberName(name string) bool {
+	if name == "" || len(name) > 63 {
+		return false
+	}
+	for i, c := range []byte(name) {
+		alnum := c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9'
+		if !alnum && (i == 0 || c != '.' && c != '_' && c != '-') {
+			return false
+		}
+	}
+	return true
+}
+
+// validHostName reports whether host is a DNS name: dot-separated labels of letters,
+// digits, '-' and '_', each 1 to 63 bytes, at most 253 bytes in all.
+func validHostName(host string) bool {
+	if host == "" || len(host) > 253 {
+		return false
+	}
+	for _, label := range strings.Split(strings.TrimSuffix(host, "."), ".") {
+		if label == "" || len(label) > 63 {
+			return false
+		}
+		for _, c := range []byte(label) {
+			if !(c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '-' || c == '_') {
+				return false
+			}
+		}
+	}
+	return true
 }
 
 // MemberID derives a member id from a name: FNV-64a of the name (never 0).

@@ -8,6 +8,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/berthdev/berth/pkg/apitoken"
 	"github.com/berthdev/berth/pkg/certs"
 	"github.com/berthdev/berth/pkg/dnsview"
 	"github.com/berthdev/berth/pkg/logging"
@@ -62,6 +63,9 @@ type Config struct {
 	// HTTPTLS serves the HTTP API over HTTPS (--http-cert-file, --http-key-file); with
 	// trusted_ca_file (--http-trusted-ca-file) clients need a certificate of that CA.
 	HTTPTLS certs.Files `yaml:"http_tls" env:"HTTP_" flag:"http-"`
+	// TokensFile names the API token file (pkg/apitoken, the controller's format); empty
+	// leaves the API open to anyone who reaches it, and unaudited.
+	TokensFile string `yaml:"tokens_file" env:"TOKENS_FILE" flag:"tokens-file" usage:"API token file (roles and scopes; empty: the API is open and unaudited)"`
 	// CoordTLS secures the link to coord (--coord-cert-file, ...); unused when embedded.
 	CoordTLS certs.Files `yaml:"coord_tls" env:"COORD_" flag:"coord-"`
 	// NATSAuth is NATS's TLS and login (--nats-cert-file, --nats-nkey-seed-file, ...);
@@ -131,6 +135,15 @@ func (c *Config) Validate() error {
 		return fmt.Errorf("rate_burst %d: want 0 or more", c.RateBurst)
 	case c.RateSlip < 0:
 		return fmt.Errorf("rate_slip %d: want 0 or more", c.RateSlip)
+	}
+	if c.TokensFile != "" {
+		set, err := apitoken.Load(c.TokensFile)
+		if err != nil {
+			return fmt.Errorf("tokens_file: %w", err)
+		}
+		if set.Len() == 0 {
+			return fmt.Errorf("tokens_file %s: holds no tokens (leave tokens_file empty for an open API)", c.TokensFile)
+		}
 	}
 	if err := c.HTTPTLS.ValidateServer("http_tls"); err != nil {
 		return err

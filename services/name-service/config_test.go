@@ -1,10 +1,14 @@
 package nameservice
 
 import (
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 
 	"go.uber.org/goleak"
+
+	"github.com/berthdev/berth/pkg/apitoken"
 )
 
 func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
@@ -43,5 +47,39 @@ func TestConfigValidate(t *testing.T) {
 	}
 	if _, err := New(DefaultConfig(), Deps{}); err == nil {
 		t.Errorf("New without Bus and Coord: got nil error")
+	}
+}
+
+func TestConfigTokensFile(t *testing.T) {
+	dir := t.TempDir()
+	tok, _ := apitoken.New()
+	write := func(name, content string) string {
+		p := filepath.Join(dir, name)
+		if err := os.WriteFile(p, []byte(content), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		return p
+	}
+	good := write("good.yaml", "tokens:\n"+apitoken.FormatEntry("alice", apitoken.Deployer, []string{"hotel"}, tok))
+	tests := []struct {
+		name, file, want string
+	}{
+		{"missing file", filepath.Join(dir, "nope.yaml"), "tokens_file: token file:"},
+		{"a token instead of its hash", write("plain.yaml", "tokens:\n  - {name: a, role: admin, scopes: [/], sha256: "+tok+"}\n"), "this is a token, not its hash"},
+		{"an unknown role", write("role.yaml", "tokens:\n  - {name: a, role: root, scopes: [/], sha256: "+apitoken.Hash(tok)+"}\n"), "role \"root\""},
+		{"no tokens", write("empty.yaml", "tokens: []\n"), "holds no tokens"},
+	}
+	for _, tt := range tests {
+		c := DefaultConfig()
+		c.TokensFile = tt.file
+		err := c.Validate()
+		if err == nil || !strings.HasPrefix(err.Error(), "tokens_file") || !strings.Contains(err.Error(), tt.want) {
+			t.Errorf("%s: got %v, want an error naming tokens_file and containing %q", tt.name, err, tt.want)
+		}
+	}
+	c := DefaultConfig()
+	c.TokensFile = good
+	if err := c.Validate(); err != nil {
+		t.Errorf("a good token file: got %v, want valid", err)
 	}
 }

@@ -22,6 +22,8 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
+	"github.com/berthdev/berth/pkg/apiaccess"
+	"github.com/berthdev/berth/pkg/apitoken"
 	"github.com/berthdev/berth/pkg/certs"
 	"github.com/berthdev/berth/pkg/coordclient"
 	"github.com/berthdev/berth/pkg/dnsview"
@@ -48,6 +50,9 @@ type Deps struct {
 	// Gatherer is served on /metrics; nil means the service's own registry when Registerer
 	// is nil, else Registerer when it is a Gatherer, else /metrics is not served.
 	Gatherer prometheus.Gatherer
+	// AuditCoord, when set, receives the API's audit records instead of Coord (tests give
+	// a store that fails); used only with a tokens_file.
+	AuditCoord apiaccess.Store
 }
 
 // Addrs are the addresses the service listens on.
@@ -67,6 +72,9 @@ type Service struct {
 	gather prometheus.Gatherer
 	// httpTLS is the HTTP API's TLS, nil for plaintext.
 	httpTLS *tls.Config
+	// access guards the HTTP API; nil when there is no tokens_file (the API is open).
+	access *apiaccess.Guard
+	tokens *apitoken.Set
 
 	mu    sync.Mutex
 	addrs *Addrs
@@ -143,6 +151,22 @@ func New(cfg Config, deps Deps) (*Service, error) {
 		return nil, err
 	}
 	s.api = httpapi.New(s.cat, deps.Coord, log)
+	if cfg.TokensFile != "" {
+		if s.tokens, err = apitoken.Load(cfg.TokensFile); err != nil {
+			return nil, fmt.Errorf("name service config: tokens_file: %w", err)
+		}
+		var audit apiaccess.Store = deps.Coord
+		if deps.AuditCoord != nil {
+			audit = deps.AuditCoord
+		}
+		s.access, err = apiaccess.New(apiaccess.Config{Tokens: s.tokens, Rules: httpapi.AccessRules{}, Audit: audit, Bus: deps.Bus,
+			Source: "berth-name-service/" + cfg.Name, Replica: cfg.Name, Realm: "berth-name-service", Subsystem: "names",
+			WriteError: httpapi.WriteAccessError, Logger: log, Registerer: reg})
+		if err != nil {
+			return nil, fmt.Errorf("name service: %w", err)
+		}
+		s.api.UserFromToken()
+	}
 	return s, nil
 }
 
@@ -185,6 +209,11 @@ func (s *Service) Run(ctx context.Context) error {
 	}
 	s.log.Info("name service listening", "dns", addrs.DNSUDP.String(), "http", certs.Scheme(s.httpTLS)+"://"+addrs.HTTP.String(),
 		"mutual_tls", s.cfg.HTTPTLS.Mutual(), "zones", s.cfg.Zones)
+	if s.access != nil {
+		s.log.Info("API access control on: tokens required, writes audited", "tokens", s.tokens.Len(), "file", s.cfg.TokensFile, "audit", s.access.AuditPrefix())
+	} else {
+		s.log.Warn("API access control off (no tokens_file): anyone who reaches the API may change traffic policies, and no audit records are written")
+	}
 	var g run.Group
 	g.Add("publisher", s.pub.Run)
 	g.Add("catalog", func(ctx context.Context) error { return s.cat.Sync(ctx, s.coord) })
@@ -211,8 +240,12 @@ func (s *Service) serveHTTP(ctx context.Context) error {
 		}
 		_, _ = w.Write([]byte("ready\n"))
 	})
+	var h http.Handler = mux
+	if s.access != nil {
+		h = s.access.Wrap(mux)
+	}
 	srv := &http.Server{
-		Handler:           mux,
+		Handler:           h,
 		ReadHeaderTimeout: 10 * time.Second,
 		// Requests end with the service: blocking watches and event streams return at once.
 		BaseContext: func(net.Listener) context.Context { return ctx },

@@ -12,7 +12,8 @@
 //
 // BERTH_E2E_NO_IMAGES=1 skips scripts/images.sh (the images exist already);
 // BERTH_E2E_KEEP=1 leaves the project running; BERTH_E2E_LOGS=1 prints the services' logs
-// at the end even when the test passed.
+// at the end even when the test passed; BERTH_E2E_TLS=1 runs TestComposeTLS too (the stack
+// with docker-compose.tls.yml, mutual TLS on every link).
 package e2e
 
 import (

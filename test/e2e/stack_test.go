@@ -4,6 +4,7 @@ package e2e
 
 import (
 	"bytes"
+	"cmp"
 	"context"
 	"encoding/json"
 	"errors"
@@ -49,6 +50,8 @@ type stack struct {
 	pkgDir   string   // mounted into the ftp container as /srv/ftp
 	started  []string // the services started
 	missing  []string // services whose image does not exist (binary not written yet)
+	files    []string // the compose files (-f): docker-compose.yml, then any overrides
+	scheme   string   // of the controller's and name service's APIs: http, or https with TLS
 
 	mu sync.Mutex
 	// containers maps services to container ids.
@@ -61,6 +64,24 @@ type stack struct {
 // registers the teardown. It skips the test when there is no Docker engine or
 // docker-compose.
 func newStack(t *testing.T) *stack {
+	t.Helper()
+	return newStackWith(t, stackOptions{})
+}
+
+// stackOptions vary the stack newStack brings up.
+type stackOptions struct {
+	// overrides are compose files given after docker-compose.yml (docker-compose.tls.yml).
+	overrides []string
+	// env is added to the environment of every docker-compose and berth command.
+	env []string
+	// scheme of the APIs; empty means http.
+	scheme string
+	// prepare runs once the CLI is built and before `up` (to write what an override mounts).
+	prepare func(s *stack)
+}
+
+// newStackWith is newStack with options.
+func newStackWith(t *testing.T, opts stackOptions) *stack {
 	t.Helper()
 	if _, err := exec.LookPath("docker-compose"); err != nil {
 		t.Skip("docker-compose is not installed (CI installs it: apt-get install docker-compose)")
@@ -80,6 +101,8 @@ func newStack(t *testing.T) *stack {
 
 		containers: map[string]string{},
 		ports:      map[string]map[string]string{},
+		files:      append([]string{"docker-compose.yml"}, opts.overrides...),
+		scheme:     cmp.Or(opts.scheme, "http"),
 	}
 	// The ftp container reads the packages as root, but keep the directory world-readable
 	// for engines that remap users.
@@ -91,12 +114,16 @@ func newStack(t *testing.T) *stack {
 	for _, v := range publishedPorts {
 		s.env = append(s.env, v+"=")
 	}
+	s.env = append(s.env, opts.env...)
 
 	if os.Getenv("BERTH_E2E_NO_IMAGES") == "" {
 		s.run(10*time.Minute, filepath.Join(root, "scripts", "images.sh"))
 	}
 	s.berthBin = filepath.Join(t.TempDir(), "berth")
 	s.run(5*time.Minute, "go", "build", "-o", s.berthBin, "./cmd/berth")
+	if opts.prepare != nil {
+		opts.prepare(s)
+	}
 
 	images := s.serviceImages()
 	var names []string
@@ -194,7 +221,11 @@ func (s *stack) composeErr(timeout time.Duration, args ...string) (string, error
 	// Cleanup runs after t.Context is cancelled: use a context of its own.
 	ctx, cancel := context.WithTimeout(context.Background(), timeout)
 	defer cancel()
-	cmd := exec.CommandContext(ctx, "docker-compose", append([]string{"-f", "docker-compose.yml"}, args...)...)
+	var files []string
+	for _, f := range s.files {
+		files = append(files, "-f", f)
+	}
+	cmd := exec.CommandContext(ctx, "docker-compose", append(files, args...)...)
 	cmd.Dir, cmd.Env = s.root, s.env
 	var stdout, stderr bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &stdout, &stderr
@@ -323,7 +354,7 @@ func (s *stack) coordEndpoints() string {
 
 // controllerURL is the API URL of a controller replica.
 func (s *stack) controllerURL(service string) string {
-	return "http://" + s.addr(service, 7070, "tcp")
+	return s.scheme + "://" + s.addr(service, 7070, "tcp")
 }
 
 // berth runs the CLI with the endpoints of the stack; it returns the combined output and
@@ -361,7 +392,7 @@ func (s *stack) berthCmd(ctx context.Context, controller string, args ...string)
 	cmd.Env = append(slices.Clone(s.env),
 		"BERTH_COORD_ENDPOINTS="+s.coordEndpoints(),
 		"BERTH_CONTROLLER_URL="+s.controllerURL(controller),
-		"BERTH_NAMES_URL=http://"+s.addr("name-service-1", 7071, "tcp"),
+		"BERTH_NAMES_URL="+s.scheme+"://"+s.addr("name-service-1", 7071, "tcp"),
 	)
 	return cmd
 }

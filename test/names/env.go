@@ -33,6 +33,8 @@ type Env struct {
 	Addrs    nameservice.Addrs
 	NATSURL  string
 	Registry *prometheus.Registry
+	// CoordAddr is the coord member's client address.
+	CoordAddr string
 
 	ns        *server.Server
 	stopCoord context.CancelFunc
@@ -43,7 +45,13 @@ type Env struct {
 
 // Start runs everything with its state under dir. tweak, when set, changes the name
 // service's configuration (its listeners default to 127.0.0.1:0).
-func Start(ctx context.Context, dir string, log *slog.Logger, tweak func(*nameservice.Config)) (_ *Env, err error) {
+func Start(ctx context.Context, dir string, log *slog.Logger, tweak func(*nameservice.Config)) (*Env, error) {
+	return StartWithDeps(ctx, dir, log, tweak, nil)
+}
+
+// StartWithDeps is Start, with deps, when set, changing the name service's Deps once
+// coord and NATS run (the Env's Coord, Bus and CoordAddr are set by then).
+func StartWithDeps(ctx context.Context, dir string, log *slog.Logger, tweak func(*nameservice.Config), deps func(*Env, *nameservice.Deps)) (_ *Env, err error) {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
@@ -94,7 +102,8 @@ func Start(ctx context.Context, dir string, log *slog.Logger, tweak func(*namese
 	cctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
 	e.stopCoord, e.coordDone = cancel, make(chan error, 1)
 	go func() { e.coordDone <- srv.Run(cctx) }()
-	e.Coord, err = coordclient.New(ctx, coordclient.Config{Endpoints: []string{cl.Addr().String()}, RequestTimeout: 10 * time.Second})
+	e.CoordAddr = cl.Addr().String()
+	e.Coord, err = coordclient.New(ctx, coordclient.Config{Endpoints: []string{e.CoordAddr}, RequestTimeout: 10 * time.Second})
 	if err != nil {
 		return nil, err
 	}
@@ -123,7 +132,11 @@ func Start(ctx context.Context, dir string, log *slog.Logger, tweak func(*namese
 		tweak(&cfg)
 	}
 	e.Registry = prometheus.NewRegistry()
-	e.Names, err = nameservice.New(cfg, nameservice.Deps{Bus: e.Bus, Coord: e.Coord, Logger: log, Registerer: e.Registry})
+	d := nameservice.Deps{Bus: e.Bus, Coord: e.Coord, Logger: log, Registerer: e.Registry}
+	if deps != nil {
+		deps(e, &d)
+	}
+	e.Names, err = nameservice.New(cfg, d)
 	if err != nil {
 		return nil, err
 	}

@@ -17,6 +17,7 @@ import (
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/durationpb"
 
+	"github.com/berthdev/berth/pkg/dnsview"
 	"github.com/berthdev/berth/pkg/natsbus"
 	agentv1 "github.com/berthdev/berth/proto/agent/v1"
 	"github.com/berthdev/berth/proto/subjects"
@@ -127,6 +128,11 @@ func buildStepRequest(o agentStepOptions) (*agentv1.StepRequest, error) {
 	if o.step == "" {
 		o.step = "step-" + randomHex(4)
 	}
+	if o.service != "" {
+		if err := dnsview.CheckServicePath(strings.Trim(o.service, "/")); err != nil {
+			return nil, fmt.Errorf("--service %q: %w", o.service, err)
+		}
+	}
 	for _, id := range []struct{ flag, v string }{{"--task", o.task}, {"--step", o.step}} {
 		if err := subjects.Token(id.v); err != nil {
 			return nil, fmt.Errorf("%s %q: %w", id.flag, id.v, err)
@@ -147,7 +153,7 @@ func buildStepRequest(o agentStepOptions) (*agentv1.StepRequest, error) {
 	if o.payload != "" {
 		payload = []byte(o.payload)
 		if name, ok := strings.CutPrefix(o.payload, "@"); ok {
-			b, err := os.ReadFile(name)
+			b, err := readFileLimit(name, maxInputFile)
 			if err != nil {
 				return nil, fmt.Errorf("--payload: %w", err)
 			}

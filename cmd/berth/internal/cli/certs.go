@@ -11,6 +11,9 @@ import (
 	"github.com/berthdev/berth/pkg/certs"
 )
 
+// maxCertDays bounds --days: 100 years, far below where days as a time.Duration overflow.
+const maxCertDays = 36500
+
 func newCertsCmd() *cobra.Command {
 	cmd := &cobra.Command{
 		Use:   "certs",
@@ -55,10 +58,13 @@ peer links (--peer-cert-file); ca.crt is the trusted CA of both sides.`,
 			if days <= 0 {
 				return fmt.Errorf("certs init: --days: %d is not positive", days)
 			}
+			if days > maxCertDays {
+				return fmt.Errorf("certs init: --days: %d is more than %d (a validity that long overflows)", days, maxCertDays)
+			}
 			written, err := certs.Init(certs.Options{
 				Dir:          dir,
-				Services:     services,
-				Hosts:        hosts,
+				Services:     splitList(services),
+				Hosts:        splitList(hosts),
 				Force:        force,
 				LeafValidity: time.Duration(days) * 24 * time.Hour,
 			})
@@ -86,8 +92,8 @@ peer links (--peer-cert-file); ca.crt is the trusted CA of both sides.`,
 	}
 	f := cmd.Flags()
 	f.StringVar(&dir, "dir", "", "directory for the CA, certificates and keys (created 0700 when missing; required)")
-	f.StringSliceVar(&services, "services", nil, "services to issue certificates for, comma separated (default all)")
-	f.StringSliceVar(&hosts, "hosts", nil, "extra DNS names or IP addresses for every server certificate, comma separated")
+	f.StringArrayVar(&services, "services", nil, "services to issue certificates for, comma separated (default all)")
+	f.StringArrayVar(&hosts, "hosts", nil, "extra DNS names or IP addresses for every server certificate, comma separated")
 	f.BoolVar(&force, "force", false, "replace an existing CA and every certificate in --dir")
 	f.IntVar(&days, "days", int(certs.DefaultLeafValidity/(24*time.Hour)), "days the service certificates are valid")
 	f.BoolVar(&asJSON, "json", false, "print the files written as JSON")

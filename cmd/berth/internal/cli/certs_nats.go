@@ -39,6 +39,7 @@ nats-server -c DIR/nats-server.conf and point every service at tls://HOST:4222.`
   berth certs nats-config --dir ./tls --path /etc/berth/tls --agent-hosts agent-1,agent-2   # files mounted elsewhere`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
+			o.AgentHosts = splitList(o.AgentHosts)
 			written, err := natsconf.Write(o)
 			if err != nil {
 				return err
@@ -70,7 +71,7 @@ nats-server -c DIR/nats-server.conf and point every service at tls://HOST:4222.`
 	f.StringVar(&o.Path, "path", "", "where --dir is on the machines that read the files (default: --dir, absolute)")
 	f.StringVar(&o.Listen, "listen", "0.0.0.0:4222", "the server's client address")
 	f.StringVar(&o.StoreDir, "store-dir", "/data/jetstream", "JetStream's store directory")
-	f.StringSliceVar(&o.AgentHosts, "agent-hosts", nil, "agent host ids, one NATS user each (agent-<host>), comma separated")
+	f.StringArrayVar(&o.AgentHosts, "agent-hosts", nil, "agent host ids, one NATS user each (agent-<host>), comma separated")
 	f.BoolVar(&o.Force, "force", false, "make new seeds for every user")
 	f.BoolVar(&asJSON, "json", false, "print the files written as JSON")
 	cmd.MarkFlagRequired("dir")

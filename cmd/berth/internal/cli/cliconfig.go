@@ -121,7 +121,7 @@ func loadConfig() (*cliConfig, error) {
 		return nil, err
 	}
 	c := &cliConfig{path: path}
-	data, err := os.ReadFile(path)
+	data, err := readFileLimit(path, maxInputFile)
 	if errors.Is(err, fs.ErrNotExist) {
 		return c, nil
 	}

@@ -5,10 +5,15 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net"
+	"net/url"
+	"os"
+	"strconv"
 	"strings"
 	"text/tabwriter"
 
 	"github.com/spf13/cobra"
+	"github.com/spf13/pflag"
 )
 
 func newContextCmd() *cobra.Command {
@@ -206,7 +211,7 @@ history; --token takes it as an argument.`,
 			if f.Changed("nats-nkey-seed-file") {
 				next.NATSNKeySeedFile = x.NATSNKeySeedFile
 			}
-			for _, u := range unset {
+			for _, u := range splitList(unset) {
 				switch u {
 				case "controller":
 					next.Controller = ""
@@ -231,6 +236,9 @@ history; --token takes it as an argument.`,
 				}
 			}
 			if err := next.validate(); err != nil {
+				return fmt.Errorf("context %s: %w", name, err)
+			}
+			if err := checkContextSet(f, &next); err != nil {
 				return fmt.Errorf("context %s: %w", name, err)
 			}
 			if c.Contexts == nil {
@@ -266,7 +274,7 @@ history; --token takes it as an argument.`,
 	f.StringVar(&x.CertFile, "cert-file", "", "client certificate for APIs that require one (mutual TLS)")
 	f.StringVar(&x.KeyFile, "key-file", "", "key of the client certificate")
 	f.StringVar(&x.NATSNKeySeedFile, "nats-nkey-seed-file", "", "NATS nkey seed of the berth user (berth certs nats-config writes DIR/nats/berth.nk)")
-	f.StringSliceVar(&unset, "unset", nil, "clear these fields (controller, names, coord, nats, token, ca_file, cert_file, key_file, nats_nkey_seed_file)")
+	f.StringArrayVar(&unset, "unset", nil, "clear these fields (controller, names, coord, nats, token, ca_file, cert_file, key_file, nats_nkey_seed_file)")
 	f.BoolVar(&use, "use", false, "also make it the current context")
 	return cmd
 }
@@ -374,4 +382,52 @@ and context names. Load it in the current shell, or install it once:
 			}
 		},
 	}
+}
+
+// checkContextSet checks what `berth context set` is given beyond what a stored context
+// must hold (validate): the files named now exist, the coord members are host:port with
+// a host name or IP address, and the token has no control character. A context that
+// breaks every later command is refused when it is set, not when it is used.
+func checkContextSet(f *pflag.FlagSet, x *cliContext) error {
+	for _, fl := range []struct{ flag, path string }{
+		{"ca-file", x.CAFile}, {"cert-file", x.CertFile}, {"key-file", x.KeyFile}, {"nats-nkey-seed-file", x.NATSNKeySeedFile},
+	} {
+		if !f.Changed(fl.flag) || fl.path == "" {
+			continue
+		}
+		fi, err := os.Stat(fl.path)
+		if err != nil {
+			return fmt.Errorf("--%s: %w", fl.flag, err)
+		}
+		if !fi.Mode().IsRegular() {
+			return fmt.Errorf("--%s %q: not a file", fl.flag, fl.path)
+		}
+	}
+	if f.Changed("coord") {
+		for _, ep := range x.Coord {
+			host, port, err := net.SplitHostPort(ep)
+			n, perr := strconv.ParseUint(port, 10, 16)
+			if err != nil || perr != nil || n == 0 || !validHost(host) {
+				return fmt.Errorf("coord member %q: want host:port with a host name or IP address and a port from 1 to 65535", ep)
+			}
+		}
+	}
+	if f.Changed("nats") {
+		for _, u := range strings.Split(x.NATS, ",") {
+			p, err := url.Parse(strings.TrimSpace(u))
+			if err != nil || !validHost(p.Hostname()) {
+				return fmt.Errorf("nats %q: want nats://host:port with a host name or IP address", x.NATS)
+			}
+		}
+	}
+	if strings.ContainsFunc(x.Token, func(r rune) bool { return r < ' ' || r == 0x7f }) {
+		return errors.New("token: contains a control character")
+	}
+	return nil
+}
+
+// validHost reports whether host is an IP address or a host name (letters, digits, '.',
+// '-' and '_').
+func validHost(host string) bool {
+	return host != "" && (net.ParseIP(host) != nil || strings.Trim(host, "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789.-_") == "")
 }

@@ -350,7 +350,7 @@ otherwise, then a summary. The exit code tells how it ended:
 func deployBody(f *pflag.FlagSet, o deployOptions, args []string) (map[string]any, error) {
 	body := map[string]any{}
 	if o.file != "" {
-		b, err := os.ReadFile(o.file)
+		b, err := readFileLimit(o.file, maxInputFile)
 		if err != nil {
 			return nil, fmt.Errorf("-f: %w", err)
 		}

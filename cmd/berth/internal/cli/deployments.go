@@ -285,8 +285,12 @@ func newDeploymentsShowCmd(ctrl *string) *cobra.Command {
 			if err != nil {
 				return err
 			}
+			id, err := pathArg("id", args[0])
+			if err != nil {
+				return err
+			}
 			d := &controllerv1.Deployment{}
-			if err := newAPIClient(base).get(cmd.Context(), "GET", "/v1/deployments/"+url.PathEscape(args[0]), nil, d); err != nil {
+			if err := newAPIClient(base).get(cmd.Context(), "GET", "/v1/deployments/"+id, nil, d); err != nil {
 				return err
 			}
 			if asJSON {
@@ -417,8 +421,12 @@ func newDeploymentsActionCmd(ctrl *string, action, short string) *cobra.Command 
 			if err != nil {
 				return err
 			}
+			id, err := pathArg("id", args[0])
+			if err != nil {
+				return err
+			}
 			d := &controllerv1.Deployment{}
-			if err := newAPIClient(base).get(cmd.Context(), "POST", "/v1/deployments/"+url.PathEscape(args[0])+"/"+action, nil, d); err != nil {
+			if err := newAPIClient(base).get(cmd.Context(), "POST", "/v1/deployments/"+id+"/"+action, nil, d); err != nil {
 				return err
 			}
 			fmt.Fprintf(cmd.OutOrStdout(), "%s of %s requested (state %s)\n", action, d.GetId(), d.GetStatus().GetState())

@@ -12,6 +12,7 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/berthdev/berth/pkg/dnsview"
 	"github.com/berthdev/berth/pkg/natsbus"
 	"github.com/berthdev/berth/proto/subjects"
 )
@@ -180,6 +181,9 @@ func eventFilters(service, typ string) ([]string, error) {
 			return []string{subjects.AllEvents}, nil
 		}
 		return []string{base + ".>"}, nil
+	}
+	if err := dnsview.CheckServicePath(strings.Trim(service, "/")); err != nil {
+		return nil, fmt.Errorf("--service %q: %w", service, err)
 	}
 	tokens, err := subjects.ServiceTokens(service)
 	if err != nil {

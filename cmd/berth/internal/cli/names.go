@@ -368,6 +368,9 @@ func watchViewsOnce(ctx context.Context, c *namesClient, svc string, asJSON bool
 	if *lastID != "" {
 		req.Header.Set("Last-Event-ID", *lastID)
 	}
+	if tok := bearerToken(ctx); tok != "" {
+		req.Header.Set("Authorization", "Bearer "+tok)
+	}
 	if err := tlsClient(ctx, c.http); err != nil {
 		return err
 	}
@@ -380,7 +383,7 @@ func watchViewsOnce(ctx context.Context, c *namesClient, svc string, asJSON bool
 		data, _ := io.ReadAll(resp.Body)
 		var e namesAPIError
 		if json.Unmarshal(data, &e) == nil && e.Error != "" {
-			return &ExitError{Code: 1, Err: errors.New(e.Error)}
+			return &ExitError{Code: 1, Err: errors.New(accessHint(ctx, resp.StatusCode, "name service", c.base, e.Error))}
 		}
 		return &ExitError{Code: 1, Err: fmt.Errorf("name service: %s", resp.Status)}
 	}
@@ -518,7 +521,7 @@ to 100 are refused with the field named, and nothing changes.
 		var p *namesv1.TrafficPolicy
 		switch {
 		case fromFile != "":
-			data, err := os.ReadFile(fromFile)
+			data, err := readFileLimit(fromFile, maxInputFile)
 			if err != nil {
 				return &ExitError{Code: 2, Err: err}
 			}

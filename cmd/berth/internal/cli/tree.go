@@ -93,7 +93,11 @@ func newTreeGetCmd(ctrl *string) *cobra.Command {
 			if err != nil {
 				return err
 			}
-			path := "/v1/tree/" + strings.Trim(args[0], "/")
+			seg, err := pathArg("path", strings.Trim(args[0], "/"))
+			if err != nil {
+				return err
+			}
+			path := "/v1/tree/" + seg
 			if effective {
 				path += "?effective=true"
 			}
@@ -196,8 +200,12 @@ each flag again for more); --unset clears a policy field so that it is inherited
 			if err != nil {
 				return err
 			}
+			seg, err := pathArg("path", strings.Trim(args[0], "/"))
+			if err != nil {
+				return err
+			}
 			node := &controllerv1.ServiceNode{}
-			if err := newAPIClient(base).get(cmd.Context(), "PATCH", "/v1/tree/"+strings.Trim(args[0], "/"), body, node); err != nil {
+			if err := newAPIClient(base).get(cmd.Context(), "PATCH", "/v1/tree/"+seg, body, node); err != nil {
 				return err
 			}
 			if o.asJSON {
@@ -300,7 +308,11 @@ func newTreeRmCmd(ctrl *string) *cobra.Command {
 			if err != nil {
 				return err
 			}
-			path := "/v1/tree/" + strings.Trim(args[0], "/")
+			seg, err := pathArg("path", strings.Trim(args[0], "/"))
+			if err != nil {
+				return err
+			}
+			path := "/v1/tree/" + seg
 			if recursive {
 				path += "?recursive=true"
 			}

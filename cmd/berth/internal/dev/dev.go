@@ -79,7 +79,8 @@ type Config struct {
 	// TLSDir, when set, is a `berth certs init` directory: the HTTP endpoints serve HTTPS
 	// that requires client certificates of its CA (security.go).
 	TLSDir string
-	// TokensFile, when set, is the controller's API token file (pkg/apitoken).
+	// TokensFile, when set, is the API token file (pkg/apitoken) of the controller and the
+	// name service.
 	TokensFile string
 	// LogLevel is the level of the services' logs.
 	LogLevel string

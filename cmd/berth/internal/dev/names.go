@@ -18,6 +18,7 @@ func startNames(ctx context.Context, e *env, g *run.Group) error {
 	cfg.DNSAddr = net.JoinHostPort(e.cfg.Host, strconv.Itoa(e.cfg.DNSPort))
 	cfg.HTTPAddr = net.JoinHostPort(e.cfg.Host, strconv.Itoa(e.cfg.NamesPort))
 	cfg.HTTPTLS = e.serverFiles("name-service")
+	cfg.TokensFile = e.cfg.TokensFile
 	s, err := nameservice.New(cfg, nameservice.Deps{Bus: e.bus, Coord: e.coord, Logger: e.log, Registerer: e.reg})
 	if err != nil {
 		return fmt.Errorf("name service: %w", err)

@@ -16,9 +16,11 @@ import (
 	"errors"
 	"fmt"
 	"io/fs"
+	"net"
 	"os"
 	"path/filepath"
 	"slices"
+	"strconv"
 	"strings"
 
 	"github.com/nats-io/nkeys"
@@ -99,6 +101,9 @@ func Users(agentHosts []string) ([]User, error) {
 		if err := subjects.Host(h); err != nil {
 			return nil, fmt.Errorf("agent host %q: %w", h, err)
 		}
+		if strings.ContainsAny(h, `/\`) {
+			return nil, fmt.Errorf("agent host %q: contains a slash (it names the user's seed file)", h)
+		}
 		if seen[h] {
 			return nil, fmt.Errorf("agent host %q: listed twice", h)
 		}
@@ -111,12 +116,13 @@ func Users(agentHosts []string) ([]User, error) {
 	}
 	users := []User{
 		// The controller dispatches steps to every agent, asks the builder and the
-		// scheduler, publishes deploy, task and audit events, creates the streams, and
-		// hears every step's progress and result.
+		// scheduler, publishes deploy, task and audit events, creates the streams, hears
+		// every step's progress and result, and reads the event log (the scheduler's
+		// alloc.rescheduled events, whose replacements it deploys).
 		mk("controller", "controller", slices.Concat(
 			[]string{subjects.AgentSteps, domainEvents(subjects.DomainDeploy), domainEvents(subjects.DomainTask), domainEvents(subjects.DomainAudit),
 				subjects.RPCBuild, subjects.RPCPlace, subjects.RPCRelease, subjects.WorkBuild, subjects.WorkPlace},
-			streamAdmin(subjects.StreamEvents), streamAdmin(subjects.StreamWork)),
+			streamAdmin(subjects.StreamEvents), streamAdmin(subjects.StreamWork), consumer(subjects.StreamEvents)),
 			[]string{subjects.AgentProgress, subjects.AgentResults}, false),
 		// The scheduler answers placements and releases, works the placement queue and
 		// publishes allocation events.
@@ -227,6 +233,9 @@ func Write(opts Options) ([]Written, error) {
 	if opts.StoreDir == "" {
 		opts.StoreDir = "/data/jetstream"
 	}
+	if host, port, err := net.SplitHostPort(opts.Listen); err != nil || !validListenHost(host) || !validPort(port) {
+		return nil, fmt.Errorf("nats config: listen %q: want host:port with an IP address or host name and a port from 1 to 65535 (or -1)", opts.Listen)
+	}
 	for _, v := range []struct{ name, v string }{{"listen", opts.Listen}, {"store dir", opts.StoreDir}} {
 		if strings.ContainsAny(v.v, "\"\\\n") {
 			return nil, fmt.Errorf("nats config: %s %q: quotes, backslashes and newlines are not allowed", v.name, v.v)
@@ -285,6 +294,18 @@ func Write(opts Options) ([]Written, error) {
 		out = append(out, f.w)
 	}
 	return out, nil
+}
+
+// validListenHost reports whether host is empty (every address), an IP address or a host
+// name.
+func validListenHost(host string) bool {
+	return host == "" || net.ParseIP(host) != nil || strings.Trim(host, "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789.-_") == ""
+}
+
+// validPort reports whether port is 1 to 65535, or -1 (nats-server picks one).
+func validPort(port string) bool {
+	n, err := strconv.ParseUint(port, 10, 16)
+	return err == nil && n > 0 || port == "-1"
 }
 
 // envFile is the BERTH_NATS_* settings of a user's service, for an env_file of compose or

@@ -382,6 +382,39 @@ func TestServicesUseTheirSubjects(t *testing.T) {
 		t.Errorf("ConsumeEvents: %v", err)
 	}
 
+	// The controller follows the scheduler's alloc.rescheduled events from the event log.
+	resched, err := subjects.AllocEvent("rescheduled", "hotel/search")
+	if err != nil {
+		t.Fatal(err)
+	}
+	sched := s.bus(t, "scheduler")
+	if err := sched.PublishEvent(ctx, natsbus.Event{Subject: resched, Type: subjects.EventType(subjects.DomainAlloc, "rescheduled"), ID: "resched-1", Source: "test",
+		Data: &eventsv1.HostEvent{Host: "h1"}}); err != nil {
+		t.Fatalf("scheduler publishes alloc.rescheduled: %v", err)
+	}
+	follow := make(chan string, 4)
+	fctx, fcancel := context.WithCancel(ctx)
+	fdone := make(chan error, 1)
+	go func() {
+		fdone <- ctrl.ConsumeEvents(fctx, natsbus.EventConsumerConfig{FilterSubjects: []string{"berth.v1.events.alloc.rescheduled.>"}},
+			func(_ context.Context, d natsbus.EventDelivery) error {
+				follow <- d.Subject
+				return nil
+			})
+	}()
+	select {
+	case subj := <-follow:
+		if subj != resched {
+			t.Errorf("controller's first alloc.rescheduled: got %s, want %s", subj, resched)
+		}
+	case <-time.After(5 * time.Second):
+		t.Error("the controller read no alloc.rescheduled event")
+	}
+	fcancel()
+	if err := <-fdone; err != nil && !errors.Is(err, context.Canceled) {
+		t.Errorf("controller ConsumeEvents: %v", err)
+	}
+
 	// None of this was a violation.
 	for _, u := range []string{"controller", "agent-h1"} {
 		rc := s.raw(t, u)

@@ -72,6 +72,8 @@ type API struct {
 	coord Coord
 	log   *slog.Logger
 	rngs  sync.Pool
+	// userFromToken: updated_by is always X-Berth-User (see UserFromToken).
+	userFromToken bool
 }
 
 // New returns the API over the catalog and coord.
@@ -87,6 +89,11 @@ func New(cat Catalog, coord Coord, log *slog.Logger) *API {
 	}
 	return a
 }
+
+// UserFromToken makes PUT /v1/traffic fill updated_by from X-Berth-User even when the
+// body sets it: behind pkg/apiaccess that header is the token's name, which a body must
+// not override. Call it before Register.
+func (a *API) UserFromToken() { a.userFromToken = true }
 
 // Register adds the API's routes to mux.
 func (a *API) Register(mux *http.ServeMux) {
@@ -485,7 +492,7 @@ func (a *API) putTraffic(w http.ResponseWriter, r *http.Request) {
 		fail(w, http.StatusBadRequest, "", "%v", err)
 		return
 	}
-	if p.GetUpdatedBy() == "" {
+	if a.userFromToken || p.GetUpdatedBy() == "" {
 		p.UpdatedBy = r.Header.Get("X-Berth-User")
 	}
 	p.UpdatedAt = timestamppb.Now()

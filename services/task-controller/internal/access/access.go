@@ -19,14 +19,11 @@
 // not valid) is treated as naming no service: only a token of the whole tree may go on,
 // and the API then answers it (400).
 //
-// Audit: before an allowed write runs, its record is written to coord at
-// /berth/audit/<id> (ids sort by time); when that write fails the request is answered 503
-// and never runs. When it has run, the record is completed with the status and what it
-// created, and published as a berth.events.v1.AuditEvent on
-// berth.v1.events.audit.allowed.<service tokens>. A refused write is recorded the same
-// way (result denied, with the status and the reason) and answered 401 or 403 — or 503
-// when even that record cannot be written. Reads are not recorded. The record names the
-// token, never the token itself.
+// The token check, the role and scope check and the audit (a record in coord at
+// /berth/audit/<id> written before a write runs, 503 when it cannot be; completed after
+// and published on berth.v1.events.audit.<result>.<service tokens>) are pkg/apiaccess's;
+// this package supplies the rules above (rules.Kind and rules.Need) and names the realm
+// (berth-controller) and metrics subsystem (controller).
 //
 // With no tokens the middleware is not installed: the API is open, as in `berth dev`.
 package access
@@ -34,8 +31,6 @@ package access
 import (
 	"bytes"
 	"context"
-	"crypto/rand"
-	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -46,19 +41,17 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
-	"google.golang.org/protobuf/types/known/timestamppb"
 
+	"github.com/berthdev/berth/pkg/apiaccess"
 	"github.com/berthdev/berth/pkg/apitoken"
 	"github.com/berthdev/berth/pkg/coordclient"
 	"github.com/berthdev/berth/pkg/natsbus"
 	controllerv1 "github.com/berthdev/berth/proto/controller/v1"
-	eventsv1 "github.com/berthdev/berth/proto/events/v1"
-	"github.com/berthdev/berth/proto/subjects"
 	"github.com/berthdev/berth/services/task-controller/internal/model"
 )
 
 // AuditPrefix is where the audit records live in coord.
-const AuditPrefix = "/berth/audit"
+const AuditPrefix = apiaccess.AuditPrefix
 
 // maxBody bounds the body the middleware reads to find a request's service; the API
 // takes no more either.
@@ -66,8 +59,8 @@ const maxBody = 1 << 20
 
 // Results of an audit record.
 const (
-	ResultAllowed = "allowed"
-	ResultDenied  = "denied"
+	ResultAllowed = apiaccess.ResultAllowed
+	ResultDenied  = apiaccess.ResultDenied
 )
 
 // Store is the part of coord the middleware uses.
@@ -98,11 +91,7 @@ type Config struct {
 
 // Access is the middleware. Create it with New and put Wrap in front of the API.
 type Access struct {
-	cfg Config
-	log *slog.Logger
-
-	decisions *prometheus.CounterVec
-	failures  prometheus.Counter
+	guard *apiaccess.Guard
 }
 
 // New checks cfg and returns the middleware.
@@ -116,199 +105,51 @@ func New(cfg Config) (*Access, error) {
 	if cfg.Audit == nil {
 		cfg.Audit = cfg.Coord
 	}
-	if cfg.Now == nil {
-		cfg.Now = time.Now
+	g, err := apiaccess.New(apiaccess.Config{Tokens: cfg.Tokens, Rules: rules{coord: cfg.Coord}, Audit: cfg.Audit, Bus: cfg.Bus,
+		Source: cfg.Source, Replica: cfg.Replica, Realm: "berth-controller", Subsystem: "controller",
+		Logger: cfg.Logger, Registerer: cfg.Registerer, Now: cfg.Now})
+	if err != nil {
+		return nil, err
 	}
-	a := &Access{cfg: cfg, log: cfg.Logger,
-		decisions: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: "berth", Subsystem: "controller", Name: "access_decisions_total",
-			Help: "Guarded API requests, by kind (read, write) and result (allowed, denied)."}, []string{"kind", "result"}),
-		failures: prometheus.NewCounter(prometheus.CounterOpts{Namespace: "berth", Subsystem: "controller", Name: "audit_write_failures_total",
-			Help: "Audit records that could not be written; each failed its request with 503."}),
-	}
-	if a.log == nil {
-		a.log = slog.New(slog.DiscardHandler)
-	}
-	if cfg.Registerer != nil {
-		for _, c := range []prometheus.Collector{a.decisions, a.failures} {
-			if err := cfg.Registerer.Register(c); err != nil {
-				return nil, fmt.Errorf("register access metrics: %w", err)
-			}
-		}
-	}
-	return a, nil
-}
-
-// guarded reports whether a path is under the API.
-func guarded(path string) bool { return path == "/v1" || strings.HasPrefix(path, "/v1/") }
-
-func mutating(method string) bool {
-	return method != http.MethodGet && method != http.MethodHead && method != http.MethodOptions
-}
-
-// denial is a refused request: its status, code and reason.
-type denial struct {
-	status int
-	code   string
-	reason string
+	return &Access{guard: g}, nil
 }
 
 // Wrap returns next behind the middleware.
-func (a *Access) Wrap(next http.Handler) http.Handler {
-	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if !guarded(r.URL.Path) {
-			next.ServeHTTP(w, r)
-			return
-		}
-		write := mutating(r.Method)
-		kind := "read"
-		if write {
-			kind = "write"
-		}
-		entry, ok := a.cfg.Tokens.Lookup(bearer(r))
-		rec := &eventsv1.AuditEvent{Method: r.Method, Path: r.URL.Path, Remote: r.RemoteAddr, Replica: a.cfg.Replica,
-			At: timestamppb.New(a.cfg.Now())}
-		if !ok {
-			d := denial{http.StatusUnauthorized, "unauthenticated", "no API token: send Authorization: Bearer <token> (berth context set --token)"}
-			if bearer(r) != "" {
-				d.reason = "unknown API token"
-			}
-			a.decisions.WithLabelValues(kind, ResultDenied).Inc()
-			w.Header().Set("WWW-Authenticate", `Bearer realm="berth-controller"`)
-			if write {
-				a.refuse(w, r, rec, d)
-				return
-			}
-			writeJSON(w, d.status, d.code, d.reason)
-			return
-		}
-		rec.Who, rec.Role = entry.Name, entry.Role.String()
-		// The API names who asked from this header; with tokens it is the token's name.
-		r.Header.Set("X-Berth-User", entry.Name)
-		if !write {
-			a.decisions.WithLabelValues(kind, ResultAllowed).Inc()
-			next.ServeHTTP(w, r)
-			return
-		}
-		service, need, unscoped, d := a.classify(r)
-		rec.Service = service
-		if d == nil && entry.Role < need {
-			d = &denial{http.StatusForbidden, "permission_denied", fmt.Sprintf("token %s is a %s; %s %s needs a %s", entry.Name, entry.Role, r.Method, r.URL.Path, need)}
-		}
-		if d == nil && !unscoped && !entry.Covers(service) {
-			what := "service " + service
-			if service == "" {
-				what = "a request that names no service (it needs the whole tree, \"/\")"
-			}
-			d = &denial{http.StatusForbidden, "permission_denied", fmt.Sprintf("token %s (%s of %s) may not act on %s", entry.Name, entry.Role, strings.Join(entry.Scopes, ", "), what)}
-		}
-		if d != nil {
-			a.decisions.WithLabelValues(kind, ResultDenied).Inc()
-			a.refuse(w, r, rec, *d)
-			return
-		}
-		a.decisions.WithLabelValues(kind, ResultAllowed).Inc()
-		rec.Result = ResultAllowed
-		version, err := a.record(r.Context(), rec)
-		if err != nil {
-			a.failures.Inc()
-			writeJSON(w, http.StatusServiceUnavailable, "unavailable", "audit record not written, so the request was not run: "+err.Error())
-			return
-		}
-		sw := &statusWriter{ResponseWriter: w, code: http.StatusOK}
-		next.ServeHTTP(sw, r)
-		rec.Status = int32(sw.code)
-		rec.DoneAt = timestamppb.New(a.cfg.Now())
-		rec.Resource = sw.Header().Get("Location")
-		if sw.code >= 400 {
-			rec.Reason = http.StatusText(sw.code)
-		}
-		// The request has run: completing its record and telling the bus must not fail
-		// it any more, so both are best effort past the first write.
-		ctx, cancel := context.WithTimeout(context.WithoutCancel(r.Context()), 5*time.Second)
-		defer cancel()
-		if _, err := a.put(ctx, rec, coordclient.ExpectVersion(version)); err != nil {
-			a.log.Warn("audit record not completed", "id", rec.GetId(), "err", err)
-		}
-		a.publish(ctx, rec)
-	})
+func (a *Access) Wrap(next http.Handler) http.Handler { return a.guard.Wrap(next) }
+
+// rules are the controller API's rules for apiaccess.
+type rules struct {
+	coord Store
 }
 
-// refuse records a refused write and answers it; when the record cannot be written the
-// answer is 503 (the request is refused either way).
-func (a *Access) refuse(w http.ResponseWriter, r *http.Request, rec *eventsv1.AuditEvent, d denial) {
-	rec.Result, rec.Status, rec.Reason = ResultDenied, int32(d.status), d.reason
-	rec.DoneAt = rec.At
-	if _, err := a.record(r.Context(), rec); err != nil {
-		a.failures.Inc()
-		writeJSON(w, http.StatusServiceUnavailable, "unavailable", d.reason+"; and the audit record of the refusal was not written: "+err.Error())
-		return
+// Kind guards every route under /v1; every method but GET, HEAD and OPTIONS writes.
+func (rules) Kind(r *http.Request) apiaccess.Kind {
+	if r.URL.Path != "/v1" && !strings.HasPrefix(r.URL.Path, "/v1/") {
+		return apiaccess.Open
 	}
-	ctx, cancel := context.WithTimeout(context.WithoutCancel(r.Context()), 5*time.Second)
-	defer cancel()
-	a.publish(ctx, rec)
-	writeJSON(w, d.status, d.code, d.reason)
+	switch r.Method {
+	case http.MethodGet, http.MethodHead, http.MethodOptions:
+		return apiaccess.Read
+	}
+	return apiaccess.Write
 }
 
-// record writes a new record and returns its version.
-func (a *Access) record(ctx context.Context, rec *eventsv1.AuditEvent) (int64, error) {
-	var b [4]byte
-	_, _ = rand.Read(b[:])
-	rec.Id = rec.GetAt().AsTime().UTC().Format("20060102T150405.000000000Z") + "-" + hex.EncodeToString(b[:])
-	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
-	defer cancel()
-	// Version 0: the record must be new.
-	return a.put(ctx, rec, coordclient.ExpectVersion(0))
-}
-
-func (a *Access) put(ctx context.Context, rec *eventsv1.AuditEvent, opts ...coordclient.PutOption) (int64, error) {
-	v, err := model.Marshal(rec)
-	if err != nil {
-		return 0, err
-	}
-	res, err := a.cfg.Audit.Put(ctx, AuditPrefix+"/"+rec.GetId(), v, opts...)
-	if err != nil {
-		return 0, fmt.Errorf("write audit record %s: %w", rec.GetId(), err)
-	}
-	return res.Version, nil
-}
-
-// publish sends the record as an event, best effort: coord holds the record.
-func (a *Access) publish(ctx context.Context, rec *eventsv1.AuditEvent) {
-	if a.cfg.Bus == nil {
-		return
-	}
-	svc := rec.GetService()
-	if svc == "" {
-		svc = subjects.NoService
-	}
-	subject, err := subjects.AuditEvent(rec.GetResult(), svc)
-	if err != nil {
-		a.log.Warn("audit event not published", "id", rec.GetId(), "err", err)
-		return
-	}
-	err = a.cfg.Bus.PublishEvent(ctx, natsbus.Event{Subject: subject, ID: natsbus.EventID(rec.GetId(), "audit"),
-		Type: subjects.EventType(subjects.DomainAudit, rec.GetResult()), Source: a.cfg.Source, ServicePath: rec.GetService(), Data: rec})
-	if err != nil {
-		a.log.Warn("audit event not published", "id", rec.GetId(), "err", err)
-	}
-}
-
-// classify finds the service a write acts on and the role it needs; unscoped when any
-// scope may go on (a run that does not exist: the API answers 404 and changes nothing); a
-// denial when the request cannot be looked at.
-func (a *Access) classify(r *http.Request) (service string, need apitoken.Role, unscoped bool, d *denial) {
+// Need finds the service a write acts on and the role it needs; AnyScope when any scope
+// may go on (a run that does not exist: the API answers 404 and changes nothing); a
+// *apiaccess.Denial when the request cannot be looked at.
+func (ru rules) Need(r *http.Request) (apiaccess.Need, error) {
 	parts := strings.Split(strings.TrimPrefix(r.URL.Path, "/v1/"), "/")
 	switch {
 	case r.Method == http.MethodPost && len(parts) == 1 && (parts[0] == "deployments" || parts[0] == "tasks"):
-		svc, d := bodyService(r)
-		return svc, apitoken.Deployer, false, d
+		svc, err := bodyService(r)
+		return apiaccess.Need{Service: svc, Role: apitoken.Deployer}, err
 	case r.Method == http.MethodPost && len(parts) == 3 && (parts[0] == "deployments" || parts[0] == "tasks"):
-		svc, found, d := a.runService(r.Context(), parts[0], parts[1])
-		return svc, apitoken.Deployer, !found && d == nil, d
+		svc, found, err := ru.runService(r.Context(), parts[0], parts[1])
+		return apiaccess.Need{Service: svc, Role: apitoken.Deployer, AnyScope: !found && err == nil}, err
 	case (r.Method == http.MethodPut || r.Method == http.MethodPatch || r.Method == http.MethodDelete) && len(parts) >= 2 && parts[0] == "tree":
-		return validService(strings.Join(parts[1:], "/")), apitoken.Admin, false, nil
+		return apiaccess.Need{Service: validService(strings.Join(parts[1:], "/")), Role: apitoken.Admin}, nil
 	}
-	return "", apitoken.Admin, false, nil
+	return apiaccess.Need{Role: apitoken.Admin}, nil
 }
 
 // validService returns s, trimmed of slashes, when it is a valid service path, else "".
@@ -322,16 +163,16 @@ func validService(s string) string {
 
 // bodyService reads the request's JSON body (bounded; it is put back for the API) and
 // returns its "service".
-func bodyService(r *http.Request) (string, *denial) {
+func bodyService(r *http.Request) (string, error) {
 	if r.ContentLength > maxBody {
-		return "", &denial{http.StatusRequestEntityTooLarge, "invalid_argument", fmt.Sprintf("body over %d bytes", maxBody)}
+		return "", &apiaccess.Denial{Status: http.StatusRequestEntityTooLarge, Code: "invalid_argument", Reason: fmt.Sprintf("body over %d bytes", maxBody)}
 	}
 	b, err := io.ReadAll(io.LimitReader(r.Body, maxBody+1))
 	if err != nil {
-		return "", &denial{http.StatusBadRequest, "invalid_argument", "read body: " + err.Error()}
+		return "", &apiaccess.Denial{Status: http.StatusBadRequest, Code: "invalid_argument", Reason: "read body: " + err.Error()}
 	}
 	if len(b) > maxBody {
-		return "", &denial{http.StatusRequestEntityTooLarge, "invalid_argument", fmt.Sprintf("body over %d bytes", maxBody)}
+		return "", &apiaccess.Denial{Status: http.StatusRequestEntityTooLarge, Code: "invalid_argument", Reason: fmt.Sprintf("body over %d bytes", maxBody)}
 	}
 	r.Body = io.NopCloser(bytes.NewReader(b))
 	var body struct {
@@ -349,7 +190,7 @@ func bodyService(r *http.Request) (string, *denial) {
 
 // runService reads the service of a deployment or task from coord; found is false when
 // the run does not exist (or its id is not one).
-func (a *Access) runService(ctx context.Context, kind, id string) (service string, found bool, d *denial) {
+func (ru rules) runService(ctx context.Context, kind, id string) (service string, found bool, err error) {
 	if model.CheckID(id) != nil {
 		return "", false, nil
 	}
@@ -359,12 +200,12 @@ func (a *Access) runService(ctx context.Context, kind, id string) (service strin
 	}
 	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 	defer cancel()
-	n, err := a.cfg.Coord.Get(ctx, path)
+	n, err := ru.coord.Get(ctx, path)
 	if errors.Is(err, coordclient.ErrNotFound) {
 		return "", false, nil
 	}
 	if err != nil {
-		return "", false, &denial{http.StatusServiceUnavailable, "unavailable", fmt.Sprintf("read %s to check its service: %v", id, err)}
+		return "", false, &apiaccess.Denial{Status: http.StatusServiceUnavailable, Code: "unavailable", Reason: fmt.Sprintf("read %s to check its service: %v", id, err)}
 	}
 	var svc string
 	if kind == "tasks" {
@@ -377,36 +218,7 @@ func (a *Access) runService(ctx context.Context, kind, id string) (service strin
 		svc = d.GetService()
 	}
 	if err != nil {
-		return "", true, &denial{http.StatusInternalServerError, "internal", fmt.Sprintf("read %s to check its service: %v", id, err)}
+		return "", true, &apiaccess.Denial{Status: http.StatusInternalServerError, Code: "internal", Reason: fmt.Sprintf("read %s to check its service: %v", id, err)}
 	}
 	return validService(svc), true, nil
 }
-
-// bearer returns the request's bearer token, "" when it has none.
-func bearer(r *http.Request) string {
-	h := r.Header.Get("Authorization")
-	if len(h) > 7 && strings.EqualFold(h[:7], "bearer ") {
-		return strings.TrimSpace(h[7:])
-	}
-	return ""
-}
-
-func writeJSON(w http.ResponseWriter, status int, code, message string) {
-	w.Header().Set("Content-Type", "application/json")
-	w.WriteHeader(status)
-	_ = json.NewEncoder(w).Encode(map[string]string{"code": code, "message": message})
-}
-
-// statusWriter remembers the status the API answered.
-type statusWriter struct {
-	http.ResponseWriter
-	code int
-}
-
-func (w *statusWriter) WriteHeader(code int) {
-	w.code = code
-	w.ResponseWriter.WriteHeader(code)
-}
-
-// Unwrap lets http.ResponseController reach the connection's Flush.
-func (w *statusWriter) Unwrap() http.ResponseWriter { return w.ResponseWriter }

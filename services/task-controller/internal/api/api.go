@@ -466,6 +466,9 @@ func (s *Server) listDeployments(w http.ResponseWriter, r *http.Request) error {
 
 func (s *Server) listTasks(w http.ResponseWriter, r *http.Request) error {
 	state := r.URL.Query().Get("state")
+	if state != "" && !slices.Contains(model.RunStates, state) {
+		return apiErr(http.StatusBadRequest, "invalid_argument", "state", "state %.40q: want one of %s", state, strings.Join(model.RunStates, ", "))
+	}
 	limit, err := limitParam(r)
 	if err != nil {
 		return err
@@ -856,7 +859,7 @@ func (s *Server) putNode(w http.ResponseWriter, r *http.Request) error {
 	}
 	if req.Owners != nil {
 		for i, o := range *req.Owners {
-			if o == "" || len(o) > 128 || strings.ContainsAny(o, "\n\r\t") {
+			if o == "" || len(o) > 128 || strings.ContainsFunc(o, func(r rune) bool { return r < ' ' || r == 0x7f }) {
 				return apiErr(http.StatusBadRequest, "invalid_argument", fmt.Sprintf("owners[%d]", i), "owner %q: want 1 to 128 printable characters", o)
 			}
 		}

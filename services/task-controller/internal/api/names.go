@@ -74,6 +74,11 @@ func (s *Server) proxyNames(w http.ResponseWriter, r *http.Request, path string,
 		return fmt.Errorf("name service request %s: %w", u.String(), err)
 	}
 	req.Header.Set("Accept", "application/json")
+	// The caller's token goes along: when the name service requires tokens, the read is
+	// the caller's, with the caller's rights (the controller has no token of its own).
+	if auth := r.Header.Get("Authorization"); auth != "" {
+		req.Header.Set("Authorization", auth)
+	}
 	resp, err := s.opts.NamesClient.Do(req)
 	if err != nil {
 		return apiErr(http.StatusBadGateway, "unavailable", "", "name service at %s: %v", base.String(), err)

@@ -494,6 +494,8 @@ func TestMultipartAllOrNothing(t *testing.T) {
 		{"bad name", [][2]string{{"first.tar.gz", "1"}, {"a;b", "2"}}, http.StatusBadRequest},
 		{"conflict", [][2]string{{"first.tar.gz", "1"}, {"kept.tar.gz", "other"}}, http.StatusConflict},
 		{"twice", [][2]string{{"first.tar.gz", "1"}, {"second.tar.gz", "2"}, {"second.tar.gz", "3"}}, http.StatusConflict},
+		// multipart.Part.FileName would keep only "passwd": the name is refused instead.
+		{"directories in the file name", [][2]string{{"first.tar.gz", "1"}, {"../../etc/passwd", "x"}}, http.StatusBadRequest},
 	} {
 		body, ct := form(tc.files...)
 		if code, out := do(t, http.MethodPost, base+"/", body, ct); code != tc.want {
@@ -510,6 +512,11 @@ func TestMultipartAllOrNothing(t *testing.T) {
 			}
 			t.Errorf("%s: the directory holds %v after the refused form, want only kept.tar.gz", tc.name, names)
 		}
+	}
+	// A form cut short is the client's fault, not the server's.
+	cut := "--x\r\nContent-Disposition: form-data; name=\"f\"; filename=\"cut.tar.gz\"\r\n\r\nabc"
+	if code, out := do(t, http.MethodPost, base+"/", strings.NewReader(cut), "multipart/form-data; boundary=x"); code != http.StatusBadRequest {
+		t.Errorf("truncated form: got %d %s, want 400", code, out)
 	}
 	// The same form without the refused part is stored whole.
 	body, ct := form([2]string{"first.tar.gz", "1"}, [2]string{"kept.tar.gz", "kept"})

@@ -12,6 +12,7 @@ import (
 	"io"
 	"io/fs"
 	"mime"
+	"mime/multipart"
 	"net"
 	"net/http"
 	"os"
@@ -69,7 +70,8 @@ func (s *Server) serveHTTP(ctx context.Context, lis net.Listener) error {
 // Handler is the HTTP interface: GET and HEAD /<name> download (with ranges), GET / lists
 // the files (one "name<TAB>size<TAB>modified" line each), PUT /<name> and POST /<name>
 // store the body, POST / stores the files of a multipart form (field names do not matter;
-// each part's file name is its name).
+// each part's file name is its name, without directories). A form is stored whole or not
+// at all.
 func (s *Server) Handler() http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		name := strings.TrimPrefix(r.URL.Path, "/")
@@ -248,7 +250,16 @@ func (s *Server) httpMultipart(w http.ResponseWriter, r *http.Request, raw strin
 			p.Close()
 			continue
 		}
+		// FileName keeps only the base of the name the client sent; a name with
+		// directories in it ("../../x") is refused rather than stored as "x".
 		name := p.FileName()
+		if sent := partFileName(p); sent != name {
+			p.Close()
+			s.m.requests.WithLabelValues("http", "put", "bad_request").Inc()
+			writeHTTPError(w, http.StatusBadRequest, fmt.Sprintf("%v: file name %q has directories in it: "+
+				"send the base name, and POST to /<dir>/ to store below a directory", ErrBadName, sent))
+			return
+		}
 		if prefix != "." {
 			name = prefix + "/" + name
 		}
@@ -324,6 +335,30 @@ func (s *Server) withURLs(r *http.Request, up Uploaded) Uploaded {
 	return up
 }
 
+// partFileName is the file name a multipart part was sent with, as sent.
+func partFileName(p *multipart.Part) string {
+	_, params, err := mime.ParseMediaType(p.Header.Get("Content-Disposition"))
+	if err != nil {
+		return ""
+	}
+	return params["filename"]
+}
+
+// bodyReader remembers the error of reading an upload's body, so that a broken or
+// truncated request (the client's fault) is told from a failing disk.
+type bodyReader struct {
+	r   io.Reader
+	err error
+}
+
+func (b *bodyReader) Read(p []byte) (int, error) {
+	n, err := b.r.Read(p)
+	if err != nil && !errors.Is(err, io.EOF) {
+		b.err = err
+	}
+	return n, err
+}
+
 // stagedUpload is an upload written to its hidden temporary file and not yet stored.
 type stagedUpload struct {
 	up  Uploaded
@@ -362,8 +397,12 @@ func (s *Server) stage(name string, body io.Reader) (*stagedUpload, error) {
 		return st, fmt.Errorf("store %s: %w", name, err)
 	}
 	h := sha256.New()
-	n, err := io.Copy(io.MultiWriter(f, h), io.LimitReader(body, s.cfg.MaxUpload+1))
+	br := &bodyReader{r: body}
+	n, err := io.Copy(io.MultiWriter(f, h), io.LimitReader(br, s.cfg.MaxUpload+1))
 	s.m.received.Add(float64(n))
+	if err != nil && br.err != nil {
+		err = &errUpload{http.StatusBadRequest, "bad_request", fmt.Sprintf("%s: reading the upload: %v", name, br.err)}
+	}
 	if err == nil && n > s.cfg.MaxUpload {
 		err = &errUpload{http.StatusRequestEntityTooLarge, "too_large", fmt.Sprintf("%s: more than %d bytes", name, s.cfg.MaxUpload)}
 	}
