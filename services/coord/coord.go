@@ -376,10 +376,15 @@ func (s *Server) Run(ctx context.Context) error {
 }
 
 // handOver starts a planned stop: the lessor stops renewing sessions, and a leader hands
-// leadership to another member (each candidate gets half an election timeout; Raft only
-// transfers to a member whose log has caught up), so that the cluster does not wait an
-// election timeout for this member's silence. The new leader gives every session that
-// was being kept alive its full TTL.
+// leadership to another member (Raft only transfers to a member whose log has caught up),
+// so that the cluster does not wait an election timeout for this member's silence. The
+// candidates share one budget, handOverBudget or half an election timeout if shorter: a
+// transfer to a live member takes milliseconds, and when every member stops at once (a
+// whole cluster shut down) nobody is left to take over, so waiting longer only delays the
+// stop. The new leader gives every session that was being kept alive its full TTL.
+// handOverBudget bounds the leadership transfer of a planned stop.
+const handOverBudget = 200 * time.Millisecond
+
 func (s *Server) handOver(ctx context.Context) {
 	s.leadMu.Lock()
 	s.stopping.Store(true)
@@ -391,11 +396,13 @@ func (s *Server) handOver(ctx context.Context) {
 		return
 	}
 	start := time.Now()
+	budget, cancelBudget := context.WithTimeout(ctx, min(handOverBudget, s.cfg.ElectionTimeout/2))
+	defer cancelBudget()
 	for _, p := range s.node.Members() {
 		if p.ID == s.id {
 			continue
 		}
-		tctx, cancel := context.WithTimeout(ctx, s.cfg.ElectionTimeout/2)
+		tctx, cancel := context.WithTimeout(budget, s.cfg.ElectionTimeout/2)
 		err := s.node.TransferLeadership(tctx, p.ID)
 		cancel()
 		if err == nil {
@@ -403,7 +410,7 @@ func (s *Server) handOver(ctx context.Context) {
 			return
 		}
 		s.log.Warn("stopping: leadership transfer failed", "to", FormatID(p.ID), "err", err)
-		if ctx.Err() != nil {
+		if budget.Err() != nil {
 			return
 		}
 	}
