@@ -29,6 +29,9 @@ const (
 	exitStepRetryable = 75
 )
 
+// maxStepID is the longest task or step id an agent takes.
+const maxStepID = 100
+
 // agentStepOptions are the flags of `berth agent step`.
 type agentStepOptions struct {
 	host    string
@@ -136,6 +139,9 @@ func buildStepRequest(o agentStepOptions) (*agentv1.StepRequest, error) {
 	for _, id := range []struct{ flag, v string }{{"--task", o.task}, {"--step", o.step}} {
 		if err := subjects.Token(id.v); err != nil {
 			return nil, fmt.Errorf("%s %q: %w", id.flag, id.v, err)
+		}
+		if len(id.v) > maxStepID {
+			return nil, fmt.Errorf("%s %.20q...: longer than %d bytes", id.flag, id.v, maxStepID)
 		}
 	}
 	args := map[string]string{}
