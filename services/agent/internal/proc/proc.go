@@ -105,6 +105,29 @@ func (r Result) Describe(timeout time.Duration) string {
 	return s
 }
 
+// startCmd starts a command made by newCmd, again when exec fails with ETXTBSY: a file
+// that is executed while any process holds it open for writing is "busy", and a fork of
+// this process (another step starting a script) inherits for an instant the descriptors
+// of files it is writing (packages being unpacked), so a script written and run by
+// concurrent steps can meet it for a moment although nothing writes it any more (Go
+// issue 22315). A few short retries outlast that instant.
+func startCmd(ctx context.Context, newCmd func() *exec.Cmd) (*exec.Cmd, error) {
+	delay := 5 * time.Millisecond
+	for attempt := 1; ; attempt++ {
+		cmd := newCmd()
+		err := cmd.Start()
+		if err == nil || !errors.Is(err, syscall.ETXTBSY) || attempt == 8 {
+			return cmd, err
+		}
+		select {
+		case <-ctx.Done():
+			return cmd, err
+		case <-time.After(delay):
+		}
+		delay *= 2
+	}
+}
+
 // ErrStart is wrapped by Run's error when the process could not be started at all.
 var ErrStart = errors.New("proc: start")
 
@@ -124,24 +147,28 @@ func Run(ctx context.Context, s Spec) (Result, error) {
 	if len(args) == 0 {
 		args = []string{s.Path}
 	}
-	cmd := &exec.Cmd{Path: s.Path, Args: args, Dir: s.Dir, Env: s.Env, WaitDelay: s.IODelay}
-	if cmd.Env == nil {
-		cmd.Env = []string{}
-	}
-	if s.Stdin != nil {
-		cmd.Stdin = bytes.NewReader(s.Stdin)
-	}
-	cmd.Stdout, cmd.Stderr = s.Stdout, s.Stderr
-	if s.Detach {
-		cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
-	} else {
-		cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
+	newCmd := func() *exec.Cmd {
+		cmd := &exec.Cmd{Path: s.Path, Args: args, Dir: s.Dir, Env: s.Env, WaitDelay: s.IODelay}
+		if cmd.Env == nil {
+			cmd.Env = []string{}
+		}
+		if s.Stdin != nil {
+			cmd.Stdin = bytes.NewReader(s.Stdin)
+		}
+		cmd.Stdout, cmd.Stderr = s.Stdout, s.Stderr
+		if s.Detach {
+			cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
+		} else {
+			cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
+		}
+		return cmd
 	}
 	if err := ctx.Err(); err != nil {
 		return Result{ExitCode: -1, Cancelled: true}, fmt.Errorf("%w %s: %w", ErrStart, s.Path, err)
 	}
 	start := time.Now()
-	if err := cmd.Start(); err != nil {
+	cmd, err := startCmd(ctx, newCmd)
+	if err != nil {
 		return Result{ExitCode: -1}, fmt.Errorf("%w %s: %w", ErrStart, s.Path, err)
 	}
 	res := Result{PID: cmd.Process.Pid}

@@ -297,3 +297,32 @@ func TestKillOrphans(t *testing.T) {
 		t.Errorf("the process that reused the id was killed")
 	}
 }
+
+// TestRunRetriesBusyExecutable: a script that some process still holds open for writing
+// cannot be executed (ETXTBSY), as happens for an instant when another step forks while a
+// package is being unpacked; Run tries again and starts it once the writer is gone.
+func TestRunRetriesBusyExecutable(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "busy")
+	w, err := os.OpenFile(path, os.O_CREATE|os.O_WRONLY|os.O_TRUNC, 0o755)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := w.WriteString("#!/bin/sh\necho started\n"); err != nil {
+		t.Fatal(err)
+	}
+	released := make(chan struct{})
+	go func() {
+		defer close(released)
+		time.Sleep(30 * time.Millisecond)
+		w.Close()
+	}()
+	var out bytes.Buffer
+	res, err := Run(t.Context(), Spec{Path: path, Stdout: &out, Timeout: 5 * time.Second})
+	<-released
+	if err != nil {
+		t.Fatalf("Run of a script busy for 30ms: %v, want it started once free", err)
+	}
+	if res.ExitCode != 0 || strings.TrimSpace(out.String()) != "started" {
+		t.Fatalf("got exit %d, output %q; want 0, started", res.ExitCode, out.String())
+	}
+}
