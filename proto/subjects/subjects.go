@@ -108,6 +108,39 @@ func Token(s string) error {
 	return nil
 }
 
+// MaxName is the length limit of a Name.
+const MaxName = 63
+
+// Name checks a host id or a datacenter name: 1 to MaxName ASCII letters, digits, '-' and
+// '_', starting with a letter or a digit (a DNS label, with '_'). Such names are subject
+// tokens, file names, DNS labels and shell words at once, so wherever one travels it means
+// only itself.
+func Name(s string) error {
+	if err := Token(s); err != nil {
+		return err
+	}
+	if len(s) > MaxName {
+		return fmt.Errorf("%w: %.20q... is %d bytes, want at most %d", ErrBadToken, s, len(s), MaxName)
+	}
+	for i, r := range s {
+		switch {
+		case r >= 'a' && r <= 'z', r >= 'A' && r <= 'Z', r >= '0' && r <= '9':
+		case (r == '-' || r == '_') && i > 0:
+		default:
+			return fmt.Errorf("%w: %q: want letters, digits, '-' and '_', starting with a letter or digit", ErrBadToken, s)
+		}
+	}
+	return nil
+}
+
+// DC checks a datacenter name (see Name).
+func DC(dc string) error {
+	if err := Name(dc); err != nil {
+		return fmt.Errorf("datacenter: %w", err)
+	}
+	return nil
+}
+
 // ServiceTokens turns a service path (hotel/search) into subject tokens (hotel.search).
 func ServiceTokens(path string) (string, error) {
 	path = strings.Trim(path, "/")
@@ -203,7 +236,7 @@ func NamesView(service string) (string, error) {
 
 // Host checks that a host id can be used in subjects.
 func Host(host string) error {
-	if err := Token(host); err != nil {
+	if err := Name(host); err != nil {
 		return fmt.Errorf("host id: %w", err)
 	}
 	if reserved[host] {

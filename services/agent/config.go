@@ -268,7 +268,7 @@ func (c *Config) Validate() error {
 		return fmt.Errorf("host_id: %w", err)
 	}
 	if c.DC != "" {
-		if err := subjects.Token(c.DC); err != nil {
+		if err := subjects.DC(c.DC); err != nil {
 			return fmt.Errorf("dc: %w", err)
 		}
 	}

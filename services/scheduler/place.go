@@ -104,7 +104,7 @@ func (s *Scheduler) validate(pr *inventoryv1.PlacementRequest) (*framework.Reque
 		return nil, invalid("scoring", "%q: want %s or %s", pr.GetScoring(), plugins.PolicyBinPack, plugins.PolicyLeastAllocated)
 	}
 	for i, dc := range pr.GetPreferredDcs() {
-		if err := subjects.Token(dc); err != nil {
+		if err := subjects.DC(dc); err != nil {
 			return nil, invalid(fmt.Sprintf("preferred_dcs[%d]", i), "%v", err)
 		}
 		if slices.Index(pr.GetPreferredDcs(), dc) != i {

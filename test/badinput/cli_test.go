@@ -481,10 +481,6 @@ func TestCLIRefusesHostileInput(t *testing.T) {
 	}
 	cases = append(cases, flagCases("dev", devBase, "--coord-port", []payload{{"zero", "0"}, {"top", "65535"}, {"word", "x"}}, "coord-port")...)
 
-	markKnownCLI(cases, defectTokenIDs, "certs nats-config --agent-hosts", tokenAccepted...)
-	for _, prefix := range []string{"deploy --hosts", "run --hosts", "tree set --host", "tree set --hosts"} {
-		markKnownCLI(cases, defectTokenIDs, prefix, tokenAccepted...)
-	}
 	tokenIDs := append([]string{"absolute"}, tokenAccepted...)
 	markKnownCLI(cases, defectTokenIDs, "agent step --task", tokenIDs...)
 	markKnownCLI(cases, defectTokenIDs, "agent step --step", tokenIDs...)

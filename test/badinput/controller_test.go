@@ -192,10 +192,6 @@ func TestControllerRefusesHostileInput(t *testing.T) {
 	}
 	cases = append(cases, httpCase{name: "/v1/unknown", server: "controller", method: "GET", path: "/v1/" + strings.Repeat("x", 8000), want: http.StatusNotFound})
 
-	markKnown(cases, defectTokenIDs, "hosts.0", tokenAccepted...)
-	markKnown(cases, defectHostsDC, "/v1/hosts?dc", "dotdot-only", "dot", "backslash", "blank", "escape", "tab", "bidi")
-	markKnown(cases, defectTokenIDs, "/v1/hosts?dc", tokenAccepted...)
-	markKnown(cases, defectHostsDC, "/v1/hosts?dc", "redirect-bare")
 	markKnown(cases, defectConstraints, "placement.constraints", constraintsAccepted...)
 	b.runRefused(t, cases)
 }

@@ -7,22 +7,19 @@ import "strings"
 // accepted the case is skipped with the defect named, and once it is refused the case
 // fails until its entry is removed, so the list cannot go stale.
 const (
-	// defectTokenIDs: host ids (model.CheckHost, the agent's host_id) and datacenter
-	// names (cmdb-sync) are NATS subject tokens (proto/subjects.Token), which only refuse
-	// '.', '*', '>', whitespace, control characters and a leading '$'.
-	defectTokenIDs = "host ids and datacenters are any NATS subject token (proto/subjects/subjects.go Token, " +
-		"services/task-controller/internal/model/model.go CheckHost): shell metacharacters ; | & ` ( ) < and $ after the first byte, " +
-		"and non-ASCII letters, are accepted"
+	// defectTokenIDs: task and step ids and event types are NATS subject tokens
+	// (proto/subjects.Token), which only refuse '.', '*', '>', whitespace, control
+	// characters and a leading '$'. (Host ids and datacenters are Names: letters, digits,
+	// '-' and '_'.)
+	defectTokenIDs = "task and step ids and event types are any NATS subject token (proto/subjects/subjects.go Token): " +
+		"shell metacharacters ; | & ` ( ) < and $ after the first byte, and non-ASCII letters, are accepted"
 	// defectConstraints: the controller keeps placement.constraints as text; only the
 	// scheduler parses it, after the deployment was accepted.
 	defectConstraints = "placement.constraints is not parsed by the controller's API (services/task-controller/internal/api/request.go " +
 		"PlacementJSON.proto checks only length and control characters): any expression is accepted and the deployment fails later at placement"
-	// defectAgentDC: the agent's resolve takes any ?dc= as the client's datacenter.
-	defectAgentDC = "the agent's GET /v1/resolve/{service}?dc= is not checked (services/agent/internal/nameapi/nameapi.go resolve): " +
-		"any text becomes the client datacenter and is echoed back as client_dc and target_dc"
-	// defectHostsDC: GET /v1/hosts?dc= refuses only NUL, CR, LF and '/'.
-	defectHostsDC = "GET /v1/hosts?dc= refuses only NUL, CR, LF, '/' and over 128 bytes (services/task-controller/internal/api/inventory.go listHosts); " +
-		"blanks, tabs, escapes and dots, which no datacenter name can hold, give an empty list instead of a 400"
+	// validCapitalDC is not a defect: capitals make a valid datacenter name, answered for
+	// that (unknown) datacenter.
+	validCapitalDC = "a datacenter name in capitals (HOTEL) is valid: the agent answers for that datacenter"
 )
 
 // defectScopes: API token scopes (pkg/apitoken cleanScope) refuse only white space,

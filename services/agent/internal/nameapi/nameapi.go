@@ -43,6 +43,7 @@ import (
 	"github.com/berthdev/berth/pkg/certs"
 	"github.com/berthdev/berth/pkg/dnsview"
 	namesv1 "github.com/berthdev/berth/proto/names/v1"
+	"github.com/berthdev/berth/proto/subjects"
 	"github.com/berthdev/berth/services/agent/internal/views"
 )
 
@@ -276,6 +277,10 @@ func (a *API) resolve(w http.ResponseWriter, r *http.Request) {
 	}
 	q := dnsview.Query{ClientDC: a.cfg.DC}
 	if dc := r.URL.Query().Get("dc"); dc != "" {
+		if err := subjects.DC(dc); err != nil {
+			a.fail(w, ep, http.StatusBadRequest, "dc", "dc %.40q: want a datacenter name (letters, digits, '-' and '_')", dc)
+			return
+		}
 		q.ClientDC = dc
 	}
 	switch f := r.URL.Query().Get("family"); f {

@@ -30,6 +30,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"syscall"
 	"time"
 
 	"github.com/miekg/dns"
@@ -235,16 +236,26 @@ func upstreams(cfg Config) ([]string, error) {
 func (r *Resolver) Upstreams() []string { return append([]string(nil), r.upstreams...) }
 
 // Listen binds the UDP socket and the TCP listener on the same port and returns the
-// address (port 0 picks one).
+// address (port 0 picks one: a port free for UDP whose TCP twin is taken is given back
+// and another one picked).
 func (r *Resolver) Listen() (net.Addr, error) {
-	pc, err := net.ListenPacket("udp", r.cfg.Listen)
-	if err != nil {
-		return nil, fmt.Errorf("resolver: listen udp %s: %w", r.cfg.Listen, err)
-	}
-	l, err := net.Listen("tcp", pc.LocalAddr().String())
-	if err != nil {
+	var pc net.PacketConn
+	var l net.Listener
+	for attempt := 1; ; attempt++ {
+		var err error
+		pc, err = net.ListenPacket("udp", r.cfg.Listen)
+		if err != nil {
+			return nil, fmt.Errorf("resolver: listen udp %s: %w", r.cfg.Listen, err)
+		}
+		l, err = net.Listen("tcp", pc.LocalAddr().String())
+		if err == nil {
+			break
+		}
 		pc.Close()
-		return nil, fmt.Errorf("resolver: listen tcp %s: %w", pc.LocalAddr(), err)
+		_, port, _ := net.SplitHostPort(r.cfg.Listen)
+		if port != "0" || !errors.Is(err, syscall.EADDRINUSE) || attempt == 10 {
+			return nil, fmt.Errorf("resolver: listen tcp %s: %w", pc.LocalAddr(), err)
+		}
 	}
 	r.udp = &dns.Server{PacketConn: pc, Handler: r}
 	r.tcp = &dns.Server{Listener: l, Handler: r, ReadTimeout: 10 * time.Second}

@@ -14,9 +14,9 @@ import (
 	"strconv"
 	"strings"
 
+	"github.com/berthdev/berth/pkg/ippool"
 	inventoryv1 "github.com/berthdev/berth/proto/inventory/v1"
 	"github.com/berthdev/berth/proto/subjects"
-	"github.com/berthdev/berth/pkg/ippool"
 	"github.com/berthdev/berth/services/cmdb-sync/internal/source"
 )
 
@@ -187,7 +187,7 @@ func parseRecord(rec source.Record, opts Options) (*inventoryv1.Host, ippool.Poo
 	if h.Dc, err = required(get(f, m.DC, "dc")); err != nil {
 		return nil, ippool.Pool{}, fieldErr("dc", err)
 	}
-	if err := subjects.Token(h.Dc); err != nil {
+	if err := subjects.DC(h.Dc); err != nil {
 		return nil, ippool.Pool{}, fieldErr("dc", err)
 	}
 	if h.Rack, err = optional(get(f, m.Rack, "rack")); err != nil {

@@ -10,9 +10,9 @@ import (
 	"fmt"
 	"net/netip"
 
+	"github.com/berthdev/berth/pkg/ippool"
 	inventoryv1 "github.com/berthdev/berth/proto/inventory/v1"
 	"github.com/berthdev/berth/services/scheduler/internal/constraint"
-	"github.com/berthdev/berth/pkg/ippool"
 )
 
 // Code classifies a plugin's verdict.

@@ -21,9 +21,9 @@ import (
 	"strings"
 	"sync"
 
+	"github.com/berthdev/berth/pkg/ippool"
 	inventoryv1 "github.com/berthdev/berth/proto/inventory/v1"
 	"github.com/berthdev/berth/services/scheduler/internal/framework"
-	"github.com/berthdev/berth/pkg/ippool"
 )
 
 // Options tune an Index.

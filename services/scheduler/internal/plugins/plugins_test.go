@@ -6,10 +6,10 @@ import (
 
 	"go.uber.org/goleak"
 
+	"github.com/berthdev/berth/pkg/ippool"
 	inventoryv1 "github.com/berthdev/berth/proto/inventory/v1"
 	"github.com/berthdev/berth/services/scheduler/internal/constraint"
 	"github.com/berthdev/berth/services/scheduler/internal/framework"
-	"github.com/berthdev/berth/pkg/ippool"
 )
 
 func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }

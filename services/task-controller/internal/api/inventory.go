@@ -11,6 +11,7 @@ import (
 	agentv1 "github.com/berthdev/berth/proto/agent/v1"
 	inventoryv1 "github.com/berthdev/berth/proto/inventory/v1"
 	namesv1 "github.com/berthdev/berth/proto/names/v1"
+	"github.com/berthdev/berth/proto/subjects"
 	"github.com/berthdev/berth/services/task-controller/internal/model"
 )
 
@@ -63,8 +64,8 @@ type HostsView struct {
 // listHosts answers GET /v1/hosts?dc=: the inventory joined with liveness and allocations.
 func (s *Server) listHosts(w http.ResponseWriter, r *http.Request) error {
 	dc := r.URL.Query().Get("dc")
-	if len(dc) > 128 || strings.ContainsAny(dc, "\x00\r\n/") {
-		return apiErr(http.StatusBadRequest, "invalid_argument", "dc", "dc %.40q: want a datacenter name", dc)
+	if dc != "" && subjects.DC(dc) != nil {
+		return apiErr(http.StatusBadRequest, "invalid_argument", "dc", "dc %.40q: want a datacenter name (letters, digits, '-' and '_')", dc)
 	}
 	ctx := r.Context()
 	var lists [3]*coordclient.ListResult
