@@ -13,6 +13,7 @@ import (
 	"fmt"
 	"io"
 	"maps"
+	"math/rand/v2"
 	"net/http"
 	"os"
 	"os/exec"
@@ -74,6 +75,8 @@ type agentProc struct {
 	host string
 	reg  *prometheus.Registry
 	stop func()
+	// before counts the package-deploy steps that earlier processes of the host ran.
+	before int
 }
 
 // ctrlProc is one berth-controller process.
@@ -206,6 +209,19 @@ func (e *deployEnv) startAgent(host, natsURL string) *agentProc {
 	return p
 }
 
+// restartAgent stops host's agent (a planned stop: steps in flight finish or are
+// journaled as interrupted) and starts it again on the same data directory.
+func (e *deployEnv) restartAgent(host string) {
+	e.t.Helper()
+	e.mu.Lock()
+	old := e.agents[host]
+	e.mu.Unlock()
+	n := old.stepsRun(e.t)
+	old.stop()
+	p := e.startAgent(host, "")
+	p.before = n
+}
+
 // stepsRun is the agent's own count of package-deploy steps that ended.
 func (p *agentProc) stepsRun(t *testing.T) int {
 	t.Helper()
@@ -213,7 +229,7 @@ func (p *agentProc) stepsRun(t *testing.T) int {
 	if err != nil {
 		t.Fatal(err)
 	}
-	n := 0
+	n := p.before
 	for _, mf := range mfs {
 		if mf.GetName() != "berth_agent_steps_total" {
 			continue
@@ -696,9 +712,10 @@ func TestNATSRestartDuringDeployments(t *testing.T) {
 // time: every deployment must succeed and every deploy step run exactly once (0 lost, 0
 // duplicated).
 func TestControllerLeaderKilledDuringDeployments(t *testing.T) {
-	n, kills := 20, 2
+	// -short: a kill every 2 s; full: a kill every 5 to 15 s, as long as deployments run.
+	n, kills, every := 20, 2, func() time.Duration { return 2 * time.Second }
 	if !testing.Short() {
-		n, kills = 100, 5
+		n, kills, every = 100, 12, func() time.Duration { return time.Duration(5000+rand.IntN(10000)) * time.Millisecond }
 	}
 	e := newDeployEnv(t)
 	hosts := []string{"h1", "h2", "h3"}
@@ -713,11 +730,16 @@ func TestControllerLeaderKilledDuringDeployments(t *testing.T) {
 	created := e.deployAsync("leaderkill", n, hosts, rampOneByOne)
 	var failovers []time.Duration
 	for k := range kills {
-		time.Sleep(2 * time.Second)
+		time.Sleep(every())
 		l, token := e.leader(15 * time.Second)
 		killed := time.Now()
 		e.kill(l)
 		e.startController("c" + strconv.Itoa(4+k))
+		if k == 0 && !testing.Short() {
+			// An agent restarts too, while steps are out at it.
+			e.restartAgent("h2")
+			t.Logf("agent h2 restarted after kill 1")
+		}
 		deadline := time.Now().Add(20 * time.Second)
 		for {
 			next, nextToken := e.leader(20 * time.Second)

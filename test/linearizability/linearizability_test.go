@@ -123,9 +123,9 @@ func TestLinearizableUnderFaults(t *testing.T) {
 	rec := newRecorder()
 	// Writes whose outcome is unknown (their client gave up during a fault) stay open to
 	// the end of the history, and the checker's search grows with the number open on one
-	// key at a time; 24 keys keep each key's history small enough to check well within the
+	// key at a time; 64 keys keep each key's history small enough to check well within the
 	// checker's timeout on a busy 2-core machine, while 8 clients still race on every key.
-	w := &workload{c: c, rec: rec, keys: keys(24), kinds: allKinds, opTimeout: 2 * time.Second, attempts: 3}
+	w := &workload{c: c, rec: rec, keys: keys(64), kinds: allKinds, opTimeout: 2 * time.Second, attempts: 3, settle: 8 * time.Second}
 	ctx, cancel := context.WithTimeout(t.Context(), dur)
 	defer cancel()
 	wait := w.runClients(ctx, 8)

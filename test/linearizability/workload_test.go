@@ -246,6 +246,12 @@ type workload struct {
 	// opTimeout bounds one attempt; attempts bounds the tries of one write.
 	opTimeout time.Duration
 	attempts  int
+	// settle, when set, keeps retrying a write of unknown outcome (same request id) past
+	// attempts until it gets a definite answer or settle has passed since its call, even
+	// after the workload's end: each write left unknown stays concurrent with everything
+	// after it, and enough of them on one key make the check's search explode. A definite
+	// answer ends the write's interval; the interval still holds the instant it took effect.
+	settle time.Duration
 }
 
 // allKinds weights reads and every kind of write.
@@ -310,17 +316,28 @@ func (cl *client) one(ctx context.Context) {
 	reqID := fmt.Sprintf("c%d-%d-%d", cl.n, cl.seq, w.rec.start.UnixNano())
 
 	call := w.rec.now()
+	settleBy := time.Now().Add(w.settle)
 	var out Output
 	for attempt := 0; ; attempt++ {
 		m := cl.member()
 		actx, cancel := context.WithTimeout(ctx, w.opTimeout)
+		if w.settle > 0 {
+			actx, cancel = context.WithTimeout(context.WithoutCancel(ctx), w.opTimeout)
+		}
 		var err error
 		out, err = do(actx, m.API, in, reqID)
 		cancel()
 		if err != nil {
 			w.rec.unexpected("%s on %s: %v", Describe(in, out), m.Name, err)
 		}
-		if out.Code != CodeUnknown || in.Kind == KindGet || attempt+1 >= w.attempts || ctx.Err() != nil {
+		if out.Code != CodeUnknown || in.Kind == KindGet {
+			break
+		}
+		if w.settle > 0 && attempt+1 >= w.attempts && time.Now().Before(settleBy) {
+			time.Sleep(50 * time.Millisecond)
+			continue
+		}
+		if attempt+1 >= w.attempts || ctx.Err() != nil {
 			break
 		}
 		// A write of unknown outcome is retried with the same request id: the store answers
