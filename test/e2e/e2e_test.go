@@ -456,8 +456,8 @@ func containerDeploy(t *testing.T, s *stack, app []byte) {
 			return fmt.Errorf("got %v, want 2 addresses", ips)
 		}
 		for _, ip := range ips {
-			if !strings.HasPrefix(ip, "172.29.1.") && !strings.HasPrefix(ip, "172.29.2.") {
-				return fmt.Errorf("address %s is in neither pool (172.29.1.0/24, 172.29.2.0/24)", ip)
+			if !strings.HasPrefix(ip, "10.213.1.") && !strings.HasPrefix(ip, "10.213.2.") {
+				return fmt.Errorf("address %s is in neither pool (10.213.1.0/24, 10.213.2.0/24)", ip)
 			}
 		}
 		return nil

@@ -354,7 +354,7 @@ func newNet(t *testing.T) testNet {
 		netSeq.Unlock()
 		var b [2]byte
 		_, _ = rand.Read(b[:])
-		prefix := fmt.Sprintf("10.%d.%d.", 200+int(b[0])%50, int(b[1]))
+		prefix := fmt.Sprintf("10.%d.%d.", 150+int(b[0])%50, int(b[1])) // clear of compose's 10.213.0.0/16
 		name := fmt.Sprintf("berth-agent-test-%s-%d", fx.run, n)
 		_, err := dockerCLI("network", "create", "--driver", "bridge", "--subnet", prefix+"0/24", name)
 		if err != nil {
