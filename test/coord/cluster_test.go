@@ -11,6 +11,7 @@ import (
 	"net"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -80,15 +81,33 @@ func startCluster(t *testing.T, n int, opts ...clusterOpts) *cluster {
 	return c
 }
 
-// freeAddr returns a loopback address with a port that was free a moment ago.
+// handedOut are the addresses freeAddr gave this test process: the kernel may give a
+// port that was just closed to the next listener, so two calls could name one port.
+var handedOut = struct {
+	sync.Mutex
+	m map[string]bool
+}{m: map[string]bool{}}
+
+// freeAddr returns a loopback address with a port that was free a moment ago and that it
+// never returned before.
 func freeAddr(t *testing.T) string {
 	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
+	handedOut.Lock()
+	defer handedOut.Unlock()
+	for range 100 {
+		l, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		addr := l.Addr().String()
+		l.Close()
+		if !handedOut.m[addr] {
+			handedOut.m[addr] = true
+			return addr
+		}
 	}
-	defer l.Close()
-	return l.Addr().String()
+	t.Fatal("no free address not handed out before")
+	return ""
 }
 
 // start runs m (again) on its addresses and data dir.
