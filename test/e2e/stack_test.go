@@ -157,7 +157,11 @@ func (s *stack) down() {
 	}
 	// The app containers of container-mode deploys were started by the agents through the
 	// host's engine, so they are not the project's: they go first, or the apps network
-	// cannot be removed.
+	// cannot be removed. The controllers and agents stop before, so that no replacement
+	// starts another one meanwhile.
+	if out, err := s.composeErr(2*time.Minute, "stop", "--timeout", "5", "controller-1", "controller-2", "agent-1", "agent-2"); err != nil {
+		s.t.Logf("docker-compose stop of the controllers and agents: %v\n%s", err, out)
+	}
 	apps := s.project + "-apps"
 	if ids, err := exec.Command("docker", "ps", "-aq", "--filter", "network="+apps, "--filter", "label=dev.berth.managed=true").Output(); err == nil {
 		if f := strings.Fields(string(ids)); len(f) > 0 {
