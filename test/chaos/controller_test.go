@@ -172,7 +172,9 @@ func (e *deployEnv) startAgent(host, natsURL string) *agentProc {
 	cfg.ListenMetrics = ""
 	cfg.DockerHost = "-"
 	cfg.KillGrace = 500 * time.Millisecond
-	cfg.DrainTimeout = time.Second
+	// A planned stop (restartAgent) lets the steps in flight end, as an operator's restart
+	// does: a step cut short would run again after the restart.
+	cfg.DrainTimeout = 30 * time.Second
 	cfg.MaxConcurrentSteps = 16
 	cfg.Deploy.ScriptTimeout = 10 * time.Second
 	cfg.Deploy.HealthDeadline = 10 * time.Second
@@ -216,8 +218,8 @@ func (e *deployEnv) restartAgent(host string) {
 	e.mu.Lock()
 	old := e.agents[host]
 	e.mu.Unlock()
-	n := old.stepsRun(e.t)
 	old.stop()
+	n := old.stepsRun(e.t) // after the stop: steps that ended while it drained count too
 	p := e.startAgent(host, "")
 	p.before = n
 }
