@@ -364,14 +364,7 @@ func (a *action) arg(name string) string { return a.req.Arguments[name] }
 
 // knownArgs refuses arguments the action does not take, so that a typo is not ignored.
 func (a *action) knownArgs(names ...string) error {
-	var unknown []string
-	for k := range a.req.Arguments {
-		if !slices.Contains(names, k) {
-			unknown = append(unknown, k)
-		}
-	}
-	if len(unknown) > 0 {
-		sort.Strings(unknown)
+	if unknown := a.req.UnknownArgs(names...); len(unknown) > 0 {
 		return bad("%s %s: unknown argument(s) %s; it takes %s", Name, a.req.Action, strings.Join(unknown, ", "), strings.Join(names, ", "))
 	}
 	return nil

@@ -79,6 +79,19 @@ type Request struct {
 	Deadline time.Time `json:"deadline"`
 }
 
+// UnknownArgs returns, sorted, the arguments of r that are not among names: a built-in
+// action refuses them, so that a typo is not ignored.
+func (r Request) UnknownArgs(names ...string) []string {
+	var unknown []string
+	for k := range r.Arguments {
+		if !slices.Contains(names, k) {
+			unknown = append(unknown, k)
+		}
+	}
+	sort.Strings(unknown)
+	return unknown
+}
+
 // Output writers of a built-in plugin.
 type Writers struct {
 	// Stdout and Stderr are the step's two streams; lines written there are streamed as
